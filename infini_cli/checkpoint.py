@@ -1,0 +1,200 @@
+"""One-file checkpoints: safetensors tensors plus config, tokenizer, quantization and training
+record in the header metadata. Nothing here ever unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import ModelConfig
+from .model import InfiniTransformer
+from .quantize import QuantScheme, dequantize_tensors, quantize_state_dict
+from .tokenizer import TextTokenizer
+
+FORMAT = "infini"
+FORMAT_VERSION = "1"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message is one line naming the file and the fix."""
+
+
+@dataclass
+class CheckpointHeader:
+    path: Path
+    file_bytes: int
+    config: ModelConfig
+    quant: QuantScheme
+    tokenizer_json: str
+    training: dict[str, Any]
+    tensors: dict[str, dict[str, Any]]  # name -> {"dtype", "shape"}
+    metadata: dict[str, str]
+
+
+@dataclass
+class LoadedModel:
+    model: InfiniTransformer
+    tokenizer: TextTokenizer
+    header: CheckpointHeader
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+
+def read_header(path: Union[str, Path]) -> CheckpointHeader:
+    """Validate and read a checkpoint's header without loading its tensors."""
+    p = Path(path)
+    if p.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{p}: pickle-based files ({p.suffix}) are refused because loading them can run code; "
+                              "convert the model with `infini convert` to a .safetensors checkpoint")
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such file; pass --model with the path of an infini .safetensors checkpoint")
+    if p.is_dir():
+        raise CheckpointError(f"{p}: is a directory; pass the .safetensors file inside it")
+    try:
+        size = p.stat().st_size
+        with p.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{p}: too short to be a safetensors file (truncated or empty); re-download or re-export it")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise CheckpointError(f"{p}: not a safetensors file, or truncated (header length {n} bytes, file {size}); "
+                                      "pass an infini .safetensors checkpoint")
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"{p}: cannot read ({e.strerror}); check the file's permissions") from None
+    try:
+        header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{p}: broken safetensors header (not JSON); the file is corrupt, re-export it") from None
+    meta = header.pop("__metadata__", None) or {}
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{p}: a safetensors file but not an infini checkpoint (no infini metadata); "
+                              "convert Hugging Face models with `infini convert`")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{p}: checkpoint format version {meta.get('format_version')!r} is not supported "
+                              f"(this infini reads version {FORMAT_VERSION}); upgrade infini")
+    end = 0
+    for name, info in header.items():
+        end = max(end, info.get("data_offsets", [0, 0])[1])
+    if 8 + n + end > size:
+        raise CheckpointError(f"{p}: truncated: the header describes {8 + n + end} bytes but the file has {size}; "
+                              "re-download or re-export it")
+    try:
+        config = ModelConfig.from_json(meta["config"])
+        quant = QuantScheme.from_dict(json.loads(meta.get("quantization", "{}")))
+        training = json.loads(meta.get("training", "{}"))
+        tokenizer_json = meta["tokenizer"]
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{p}: broken infini metadata ({e}); re-export the checkpoint") from None
+    tensors = {k: {"dtype": v["dtype"], "shape": v["shape"]} for k, v in header.items()}
+    return CheckpointHeader(p, size, config, quant, tokenizer_json, training, tensors, meta)
+
+
+def _float_state_dict(model: InfiniTransformer) -> dict[str, torch.Tensor]:
+    sd = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        sd.pop("lm_head.weight", None)  # shared with embed.weight; safetensors stores it once
+    return sd
+
+
+def save_checkpoint(
+    path: Union[str, Path],
+    model: InfiniTransformer,
+    tokenizer: TextTokenizer,
+    quant: QuantScheme = QuantScheme(),
+    training: Optional[dict[str, Any]] = None,
+) -> Path:
+    """Write model, tokenizer and metadata into one .safetensors file (atomically)."""
+    p = Path(path)
+    tensors = quantize_state_dict(_float_state_dict(model), quant)
+    save_tensors(p, tensors, model.config, tokenizer.to_json(), quant, training or {})
+    return p
+
+
+def save_tensors(p: Path, tensors: dict[str, torch.Tensor], config: ModelConfig, tokenizer_json: str,
+                 quant: QuantScheme, training: dict[str, Any]) -> None:
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_json(),
+        "tokenizer": tokenizer_json,
+        "quantization": json.dumps(quant.to_dict()),
+        "training": json.dumps(training),
+    }
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, p)
+
+
+def read_tensors(path: Union[str, Path]) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for corrupt data
+        raise CheckpointError(f"{p}: cannot read tensors ({str(e).splitlines()[0]}); the file is corrupt, re-export it") from None
+
+
+def load_checkpoint(path: Union[str, Path], device: Union[str, torch.device] = "cpu",
+                    dtype: Optional[torch.dtype] = None) -> LoadedModel:
+    """Load a checkpoint for inference: model built on the meta device, then weights assigned.
+
+    dtype defaults to float32 on the CPU and bfloat16 on CUDA; the memory stays float32.
+    """
+    header = read_header(path)
+    dev = torch.device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    stored = read_tensors(header.path)
+    sd = dequantize_tensors(stored, dtype)
+    if header.config.tie_embeddings:
+        sd["lm_head.weight"] = sd["embed.weight"]
+    with torch.device("meta"):
+        model = InfiniTransformer(header.config)
+    expected = set(model.state_dict().keys())
+    missing, unexpected = expected - set(sd), set(sd) - expected
+    if missing or unexpected:
+        what = f"missing {sorted(missing)[:3]}" if missing else f"unexpected {sorted(unexpected)[:3]}"
+        raise CheckpointError(f"{header.path}: tensors do not match the config ({what}); re-export the checkpoint")
+    try:
+        model.load_state_dict({k: v.to(dev) for k, v in sd.items()}, assign=True, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{header.path}: tensor shapes do not match the config ({str(e).splitlines()[-1].strip()})") from None
+    if header.config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    model.eval()
+    try:
+        tok = TextTokenizer.from_json(header.tokenizer_json)
+    except Exception:
+        raise CheckpointError(f"{header.path}: the embedded tokenizer is broken; re-export the checkpoint") from None
+    return LoadedModel(model, tok, header, dev, dtype)
+
+
+DEFAULT_MODEL_NAME = "infini-small.safetensors"
+
+
+def default_model_path() -> Path:
+    """$INFINI_MODEL if set, else the checkpoint bundled in the repository's models/ folder."""
+    env = os.environ.get("INFINI_MODEL")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_NAME

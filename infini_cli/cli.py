@@ -1,0 +1,302 @@
+"""The `infini` command: a thin Typer layer over the library. No tensor code here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from . import __version__
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+app = typer.Typer(
+    name="infini",
+    help="Read documents of any length with an Infini-Transformer: ask, summarize, find passkeys.\n\n"
+         "Examples:\n\n"
+         "  infini passkey-test --lengths 1k,32k\n\n"
+         "  infini ask report.pdf \"What did the committee decide?\"\n\n"
+         "  infini info models/infini-small.safetensors --json",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> None:
+    err.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """One line and an exit code for every expected failure; Ctrl-C exits 130 cleanly."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .checkpoint import CheckpointError
+        from .device import DeviceError
+        from .errors import InputError
+
+        try:
+            return fn(*args, **kwargs)
+        except (CheckpointError, DeviceError, InputError) as e:
+            fail(str(e), EXIT_USAGE)
+        except KeyboardInterrupt:
+            err.print(Text("interrupted", style="yellow"))
+            raise typer.Exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            raise typer.Exit(EXIT_FAILURE)
+        except (RuntimeError, OSError, ValueError) as e:
+            fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", EXIT_FAILURE)
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"infini {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Read documents of any length with an Infini-Transformer."""
+
+
+ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint (.safetensors); default: the bundled model or $INFINI_MODEL.")
+DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
+ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice).")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout instead of tables.")
+
+
+def load_model(model: Optional[Path], device: str, threads: Optional[int]):
+    from .checkpoint import default_model_path, load_checkpoint
+    from .device import resolve_device, set_threads
+
+    set_threads(threads)
+    dev = resolve_device(device)
+    path = model or default_model_path()
+    return load_checkpoint(path, dev)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+# ----------------------------------------------------------------------------- info
+
+@app.command()
+@handles_errors
+def info(
+    checkpoint: Path = typer.Argument(..., help="An infini .safetensors checkpoint."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show a checkpoint's size, shape and memory state against a KV cache.
+
+    Example: infini info models/infini-small.safetensors --json
+    """
+    from .checkpoint import read_header
+    from .info import checkpoint_info
+
+    data = checkpoint_info(read_header(checkpoint))
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    t = Table(title=str(checkpoint), show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("parameters", f"{data['parameters']:,}")
+    t.add_row("layers / d_model", f"{data['layers']} / {data['d_model']}")
+    t.add_row("heads (kv heads) x dim", f"{data['heads']} ({data['kv_heads']}) x {data['head_dim']}")
+    t.add_row("segment length", str(data["segment_len"]))
+    t.add_row("memory rule", data["memory_rule"])
+    t.add_row("quantization", data["quantization"])
+    t.add_row("file size", human_bytes(data["file_bytes"]))
+    t.add_row("memory state", human_bytes(data["memory_state_bytes"]) + " (any length)")
+    for n, b in data["kv_cache_bytes"].items():
+        t.add_row(f"KV cache at {int(n):,} tokens", f"{human_bytes(b)}  ({data['compression'][n]:,}x the memory)")
+    out.print(t)
+
+
+# ----------------------------------------------------------------------------- quantize
+
+@app.command()
+@handles_errors
+def quantize(
+    src: Path = typer.Argument(..., help="Checkpoint to quantize."),
+    dst: Path = typer.Argument(..., help="Where to write the quantized checkpoint."),
+    bits: int = typer.Option(8, "--bits", help="8 (per-channel int8) or 4 (group-wise int4)."),
+    group_size: int = typer.Option(64, "--group-size", help="int4 group size: 32, 64 or 128."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Quantize a checkpoint's weights to int8 or int4; prints sizes and the weights' error.
+
+    Example: infini quantize runs/small/model.safetensors models/infini-small.safetensors --bits 8
+    """
+    from .checkpoint import read_header, read_tensors, save_tensors
+    from .errors import InputError
+    from .quantize import INT4_GROUP_SIZES, QuantScheme, dequantize_tensors, quantize_state_dict, relative_error
+
+    if bits not in (4, 8):
+        raise InputError(f"--bits {bits}: choose 8 or 4")
+    if bits == 4 and group_size not in INT4_GROUP_SIZES:
+        raise InputError(f"--group-size {group_size}: choose one of {', '.join(map(str, INT4_GROUP_SIZES))}")
+    header = read_header(src)
+    scheme = QuantScheme(bits, group_size if bits == 4 else None)
+    float_sd = dequantize_tensors(read_tensors(src), dtype=__import__("torch").float32)
+    stored = quantize_state_dict(float_sd, scheme)
+    save_tensors(dst, stored, header.config, header.tokenizer_json, scheme,
+                 {**header.training, "quantized_from": header.quant.name})
+    error = relative_error(float_sd, dequantize_tensors(stored, __import__("torch").float32))
+    after = dst.stat().st_size
+    data = {"source": str(src), "output": str(dst), "scheme": scheme.name, "bytes_before": header.file_bytes,
+            "bytes_after": after, "ratio": round(header.file_bytes / after, 2), "relative_error": error}
+    if as_json:
+        out.print_json(json.dumps(data))
+    else:
+        out.print(f"{src} ({header.quant.name}, {human_bytes(header.file_bytes)}) -> {dst} "
+                  f"({scheme.name}, {human_bytes(after)}), {data['ratio']}x smaller; "
+                  f"weights' relative error {error:.4%}")
+
+
+# ----------------------------------------------------------------------------- convert
+
+@app.command()
+@handles_errors
+def convert(
+    hf_dir: Path = typer.Argument(..., help="A local Hugging Face Llama-family folder (config.json, *.safetensors, tokenizer.json)."),
+    dst: Path = typer.Argument(..., help="Where to write the infini checkpoint."),
+    segment_len: int = typer.Option(2048, "--segment-len", help="Segment length (capped at the model's trained positions)."),
+    memory_rule: str = typer.Option("delta", "--memory-rule", help="linear or delta."),
+    bits: int = typer.Option(0, "--bits", help="0 (float32), 8 or 4."),
+    group_size: int = typer.Option(64, "--group-size", help="int4 group size."),
+) -> None:
+    """Convert a Hugging Face Llama model; gates start local-only, ready for fine-tuning with memory.
+
+    Example: infini convert ./TinyLlama converted.safetensors --bits 8
+    """
+    from .convert import convert_hf
+    from .errors import InputError
+    from .quantize import QuantScheme
+
+    if memory_rule not in ("linear", "delta"):
+        raise InputError(f"--memory-rule {memory_rule}: choose linear or delta")
+    if bits not in (0, 4, 8):
+        raise InputError(f"--bits {bits}: choose 0, 8 or 4")
+    scheme = QuantScheme(bits or None, group_size if bits == 4 else None)
+    cfg = convert_hf(hf_dir, dst, segment_len, memory_rule, scheme)
+    out.print(f"wrote {dst}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads "
+              f"({cfg.n_kv_heads} kv), segment {cfg.segment_len}, {scheme.name}")
+
+
+# ----------------------------------------------------------------------------- train
+
+@app.command()
+@handles_errors
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", help="JSON file of training settings (see models/train_small.json)."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Run folder: checkpoints, log, tokenizer."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Total optimisation steps."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed: the same seed gives the same run."),
+    data_dir: Optional[str] = typer.Option(None, "--data", help="Folder of .txt training books."),
+    preset_name: Optional[str] = typer.Option(None, "--preset", help="Model preset: tiny, small, base."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Also write an int8 checkpoint here at the end."),
+    device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
+) -> None:
+    """Train (or resume) a model on books plus synthetic passkey retrieval.
+
+    Resumes from the run folder's last checkpoint when there is one; Ctrl-C saves and stops.
+
+    Example: infini train --config models/train_small.json --export models/infini-small.safetensors
+    """
+    import dataclasses
+
+    from .device import resolve_device, set_threads
+    from .errors import InputError
+    from .train import TrainConfig, train as run_training
+
+    set_threads(threads)
+    settings: dict[str, Any] = {}
+    if config is not None:
+        try:
+            settings = json.loads(config.read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"{config}: not a readable JSON file ({e})") from None
+    overrides = {"out_dir": out_dir, "steps": steps, "seed": seed, "data_dir": data_dir, "preset": preset_name}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(settings) - known
+    if unknown:
+        raise InputError(f"{config}: unknown settings {', '.join(sorted(unknown))}")
+    cfg = TrainConfig(**settings)
+    if not Path(cfg.data_dir).is_dir():
+        raise InputError(f"{cfg.data_dir}: no such folder of training text; pass --data DIR")
+    dev = resolve_device(device)
+    final = run_training(cfg, log=lambda s: err.print(s, markup=False), device=dev)
+    if export is not None:
+        from .checkpoint import load_checkpoint, save_checkpoint
+        from .quantize import QuantScheme
+
+        loaded = load_checkpoint(final)
+        save_checkpoint(export, loaded.model, loaded.tokenizer, QuantScheme(8), loaded.header.training)
+        out.print(f"wrote {export}")
+
+
+# ----------------------------------------------------------------------------- later issues
+
+def _not_built(what: str) -> None:
+    fail(f"`infini {what}` is not built yet in this version; see the README's roadmap", EXIT_FAILURE)
+
+
+@app.command("passkey-test")
+def passkey_test() -> None:
+    """Passkey retrieval over a grid of lengths and depths (not built yet)."""
+    _not_built("passkey-test")
+
+
+@app.command()
+def summarize() -> None:
+    """Summarize a document of any length with page citations (not built yet)."""
+    _not_built("summarize")
+
+
+@app.command()
+def ask() -> None:
+    """Answer a question about a document, with evidence and pages (not built yet)."""
+    _not_built("ask")
+
+
+@app.command()
+def bench() -> None:
+    """Measure speed and memory against full attention and transformers (not built yet)."""
+    _not_built("bench")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    main()

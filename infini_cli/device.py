@@ -1,0 +1,43 @@
+"""Device and dtype resolution, in one place."""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import torch
+
+
+class DeviceError(ValueError):
+    """A device the user asked for that this machine cannot give; one line, with the fix."""
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """auto: CUDA when available, else CPU. cpu, cuda and cuda:N as asked, checked."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if re.fullmatch(r"cuda(:\d+)?", spec):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {spec}: no CUDA GPU is available here; use --device cpu or auto")
+        index = int(spec.split(":")[1]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here; "
+                              f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        return torch.device(spec)
+    raise DeviceError(f"--device {spec!r} is not a device; use auto, cpu, cuda or cuda:N")
+
+
+def set_threads(threads: Optional[int]) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise DeviceError(f"--threads {threads}: give a positive number of CPU threads")
+        torch.set_num_threads(threads)
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{device.index or 0} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"

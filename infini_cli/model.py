@@ -1,0 +1,216 @@
+"""The Infini-Transformer: Llama-style blocks with Infini-attention in every layer.
+
+The forward pass computes at most one segment (or the rest of the current one): the
+stream module owns the loops and the segment boundaries. Shapes: B batch, T new tokens,
+P tokens already in the current segment, H query heads, G key/value heads, D head_dim.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Literal, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .memory import StreamState, memory_read
+
+LogitsMode = Literal["all", "last", "none", "hidden"]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # normalise in float32 as Llama does, so bf16 weights keep the same numerics
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+@lru_cache(maxsize=16)
+def _rope_table(n_pos: int, dim: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # cached across calls, so never an inference tensor: training may reuse it
+    with torch.inference_mode(False):
+        return _make_rope_table(n_pos, dim, theta, device)
+
+
+def _make_rope_table(n_pos: int, dim: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
+    freqs = torch.outer(torch.arange(n_pos, device=device, dtype=torch.float32), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)  # [n_pos, D], Llama's half-split layout
+    return emb.cos(), emb.sin()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, start: int, theta: float, table_len: int) -> torch.Tensor:
+    """RoPE for x [B, heads, T, D] at positions start..start+T-1 (restarting every segment)."""
+    T, D = x.shape[-2], x.shape[-1]
+    cos, sin = _rope_table(table_len, D, theta, x.device)
+    cos = cos[start:start + T].to(x.dtype)
+    sin = sin[start:start + T].to(x.dtype)
+    return x * cos + _rotate_half(x) * sin
+
+
+class InfiniAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, D = config.d_model, config.head_dim
+        self.wq = nn.Linear(d, config.n_heads * D, bias=False)
+        self.wk = nn.Linear(d, config.n_kv_heads * D, bias=False)
+        self.wv = nn.Linear(d, config.n_kv_heads * D, bias=False)
+        self.wo = nn.Linear(config.n_heads * D, d, bias=False)
+        # One learned mixing logit per query head: sigmoid(gate) of the output from memory.
+        self.gate = nn.Parameter(torch.full((config.n_heads,), config.gate_init))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        M: torch.Tensor,
+        z: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        use_memory: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        B, T, _ = x.shape
+        H, G, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        P = k_cache.shape[2]
+
+        q = self.wq(x).view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
+        k = self.wk(x).view(B, T, G, D).transpose(1, 2)  # [B, G, T, D]
+        v = self.wv(x).view(B, T, G, D).transpose(1, 2)  # [B, G, T, D]
+
+        # the segment's keys and values, before RoPE: the memory is written from these
+        k_seg = torch.cat((k_cache, k), dim=2) if P else k
+        v_seg = torch.cat((v_cache, v), dim=2) if P else v
+
+        # local causal attention inside the segment, positions restarting at 0
+        table = cfg.segment_len
+        q_rot = apply_rope(q, P, cfg.rope_theta, table)
+        k_rot = apply_rope(k_seg, 0, cfg.rope_theta, table)
+        # query head h uses key/value head h // group_size, exactly as Llama's repeat_kv
+        k_rep = k_rot.repeat_interleave(cfg.group_size, dim=1)
+        v_rep = v_seg.repeat_interleave(cfg.group_size, dim=1)
+        if P == 0:
+            local = F.scaled_dot_product_attention(q_rot, k_rep, v_rep, is_causal=T > 1)
+        elif T == 1:
+            local = F.scaled_dot_product_attention(q_rot, k_rep, v_rep)
+        else:
+            mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
+            local = F.scaled_dot_product_attention(q_rot, k_rep, v_rep, attn_mask=mask)
+
+        if use_memory:
+            # grouped read: query heads of one group read their key/value head's memory
+            qg = q.reshape(B, G, cfg.group_size * T, D)
+            mem = memory_read(qg, M, z).reshape(B, H, T, D).to(local.dtype)
+            g = torch.sigmoid(self.gate.float()).to(local.dtype).view(1, H, 1, 1)
+            out = g * mem + (1.0 - g) * local
+        else:
+            out = local
+
+        out = out.transpose(1, 2).reshape(B, T, H * D)
+        return self.wo(out), k_seg, v_seg
+
+
+class FeedForward(nn.Module):
+    """SwiGLU."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(config.d_model, config.ffn_dim, bias=False)
+        self.w3 = nn.Linear(config.d_model, config.ffn_dim, bias=False)
+        self.w2 = nn.Linear(config.ffn_dim, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.attn = InfiniAttention(config)
+        self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.ffn = FeedForward(config)
+
+
+class InfiniTransformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def init_weights(self, seed: Optional[int] = None) -> "InfiniTransformer":
+        """GPT-2 style init; residual output projections scaled by depth."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        std = 0.02
+        for name, p in self.named_parameters():
+            if name.endswith("gate"):
+                nn.init.constant_(p, self.config.gate_init)
+            elif "norm" in name:
+                nn.init.ones_(p)
+            else:
+                s = std / math.sqrt(2 * self.config.n_layers) if name.endswith(("wo.weight", "w2.weight")) else std
+                with torch.no_grad():
+                    p.copy_(torch.randn(p.shape, generator=gen) * s)
+        return self
+
+    def gates(self) -> torch.Tensor:
+        """[n_layers, n_heads]: the share of each head's output taken from memory."""
+        return torch.stack([torch.sigmoid(b.attn.gate.detach().float()) for b in self.layers])
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        state: StreamState,
+        logits: LogitsMode = "all",
+        use_memory: bool = True,
+    ) -> tuple[Optional[torch.Tensor], StreamState]:
+        """Run tokens [B, T] that fit in the current segment; returns (logits, new state).
+
+        The state's memory is read, never written, here: the stream module writes it once the
+        segment is full. logits="last" or "none" skips the vocabulary projection where it is
+        not needed, which is most of ingest.
+        """
+        B, T = tokens.shape
+        room = self.config.segment_len - state.local_len
+        if T > room:
+            raise ValueError(f"{T} tokens do not fit in the current segment ({room} positions left)")
+        h = self.embed(tokens)
+        k_new, v_new = [], []
+        for i, block in enumerate(self.layers):
+            a, k_seg, v_seg = block.attn(block.attn_norm(h), state.M[i], state.z[i],
+                                         state.k_local[i], state.v_local[i], use_memory)
+            h = h + a
+            h = h + block.ffn(block.ffn_norm(h))
+            k_new.append(k_seg)
+            v_new.append(v_seg)
+        new_state = StreamState(state.M, state.z, k_new, v_new,
+                                state.tokens_seen + T, state.segments_written, state.meta)
+        if logits == "none":
+            return None, new_state
+        if logits == "hidden":  # final hidden states before the norm; training picks positions
+            return h, new_state
+        if logits == "last":
+            h = h[:, -1:]
+        return self.lm_head(self.norm(h)), new_state
+
+    def hidden_to_logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(h))

@@ -1,0 +1,175 @@
+"""The one place where loops over segments live: ingest, segment boundaries, decoding.
+
+Tokens are cut at segment boundaries; when the current segment holds segment_len tokens it
+is written into the memory and its local keys and values are dropped. Feeding a text in
+pieces of any size therefore gives the same logits and state as feeding it whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Optional, Sequence
+
+import torch
+
+from .memory import StreamState, Weight, commit_segment
+from .model import InfiniTransformer
+
+ProgressFn = Callable[[int], None]
+
+
+def _as_batch(tokens: torch.Tensor | Sequence[int], device: torch.device) -> torch.Tensor:
+    t = tokens if isinstance(tokens, torch.Tensor) else torch.tensor(list(tokens), dtype=torch.long)
+    if t.dim() == 1:
+        t = t.unsqueeze(0)
+    return t.to(device)
+
+
+def feed(
+    model: InfiniTransformer,
+    state: StreamState,
+    tokens: torch.Tensor | Sequence[int],
+    logits: str = "all",
+    use_memory: bool = True,
+    write_weight: Weight = None,
+) -> tuple[Optional[torch.Tensor], StreamState]:
+    """Feed tokens ([T] or [B, T]) into the stream; returns (logits, state).
+
+    logits="all" gives [B, T, vocab]; "last" gives [B, 1, vocab] for the final token;
+    "none" gives None. `write_weight` scales every memory write made here (training only).
+    """
+    device = next(model.parameters()).device
+    toks = _as_batch(tokens, device)
+    seg = model.config.segment_len
+    outs: list[torch.Tensor] = []
+    last: Optional[torch.Tensor] = None
+    pos, T = 0, toks.shape[1]
+    while pos < T:
+        room = seg - state.local_len
+        n = min(room, T - pos)
+        mode = logits
+        if logits == "last":
+            mode = "last" if pos + n == T else "none"
+        out, state = model(toks[:, pos:pos + n], state, logits=mode, use_memory=use_memory)
+        if logits == "all":
+            outs.append(out)
+        elif out is not None:
+            last = out
+        pos += n
+        if state.local_len == seg:
+            state = commit_segment(state, model.config.memory_rule, write_weight if use_memory else None)
+    if logits == "all":
+        if not outs:
+            return toks.new_zeros((toks.shape[0], 0, model.config.vocab_size), dtype=torch.float32), state
+        return torch.cat(outs, dim=1), state
+    return last, state
+
+
+def train_forward(
+    model: InfiniTransformer,
+    tokens: torch.Tensor,
+    write_weights: Optional[torch.Tensor] = None,
+    use_memory: bool = True,
+) -> torch.Tensor:
+    """Training pass over whole segments with backpropagation through time.
+
+    tokens [B, N] with N a multiple of segment_len; write_weights [B, N / segment_len] scales
+    each segment's memory write per sequence (None: all 1). Returns hidden states [B, N, d].
+    """
+    seg = model.config.segment_len
+    B, N = tokens.shape
+    if N % seg:
+        raise ValueError(f"training length {N} is not a multiple of segment_len {seg}")
+    state = StreamState.empty(model.config, B, tokens.device, model.embed.weight.dtype)
+    hidden = []
+    for i in range(N // seg):
+        h, state = model(tokens[:, i * seg:(i + 1) * seg], state, logits="hidden", use_memory=use_memory)
+        hidden.append(h)
+        if use_memory and i + 1 < N // seg:  # the last write would feed nothing
+            w = None if write_weights is None else write_weights[:, i]
+            state = commit_segment(state, model.config.memory_rule, w)
+    return torch.cat(hidden, dim=1)
+
+
+@torch.inference_mode()
+def ingest(
+    model: InfiniTransformer,
+    state: StreamState,
+    chunks: Iterable[Sequence[int]],
+    on_tokens: Optional[ProgressFn] = None,
+    use_memory: bool = True,
+) -> StreamState:
+    """Stream token chunks of any length and size through the model at constant memory.
+
+    Chunks are regrouped into whole segments first so each forward sees as many tokens as
+    it can take (larger matrix products), whatever sizes the reader produced.
+    """
+    seg = model.config.segment_len
+    pending: list[int] = []
+    for chunk in chunks:
+        pending.extend(chunk)
+        room = seg - state.local_len
+        if len(pending) >= room:
+            n = room + ((len(pending) - room) // seg) * seg
+            _, state = feed(model, state, pending[:n], logits="none", use_memory=use_memory)
+            del pending[:n]
+            if on_tokens:
+                on_tokens(n)
+    if pending:
+        _, state = feed(model, state, pending, logits="none", use_memory=use_memory)
+        if on_tokens:
+            on_tokens(len(pending))
+    return state
+
+
+@dataclass
+class Sampling:
+    """Greedy when temperature == 0; otherwise temperature and nucleus (top-p) sampling."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: Optional[int] = None
+
+
+def sample_next(logits: torch.Tensor, sampling: Sampling, gen: Optional[torch.Generator]) -> int:
+    """Pick the next token from logits [vocab]."""
+    if sampling.temperature <= 0:
+        return int(torch.argmax(logits).item())
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_p, idx = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < sampling.top_p  # always keeps the top token
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(0, idx, sorted_p)
+    probs = probs / probs.sum()
+    return int(torch.multinomial(probs.cpu(), 1, generator=gen).item())
+
+
+@torch.inference_mode()
+def generate(
+    model: InfiniTransformer,
+    state: StreamState,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    sampling: Sampling = Sampling(),
+    stop: Optional[Callable[[list[int]], bool]] = None,
+    use_memory: bool = True,
+) -> Iterator[int]:
+    """Continue the stream: feed the prompt, then yield generated tokens one by one.
+
+    Generated tokens join the current segment like any other; a full segment is written
+    into memory, so decoding never runs past the trained positions. The caller's `state`
+    is not modified (tensors are replaced, never written in place).
+    """
+    if not prompt:
+        raise ValueError("generate needs at least one prompt token")
+    gen = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
+    logits, state = feed(model, state, prompt, logits="last", use_memory=use_memory)
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        tok = sample_next(logits[0, -1], sampling, gen)
+        out.append(tok)
+        yield tok
+        if stop is not None and stop(out):
+            return
+        logits, state = feed(model, state, [tok], logits="last", use_memory=use_memory)

@@ -1,0 +1,1 @@
+"""Tasks built on the engine: passkey retrieval, ask, summarize."""

@@ -1,0 +1,86 @@
+"""The tokenizer: byte-level BPE (any input encodes), one token per digit.
+
+A thin wrapper over the `tokenizers` library; the JSON form travels inside the checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]
+
+
+class TextTokenizer:
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tok = tokenizer
+
+    @classmethod
+    def from_json(cls, text: str) -> "TextTokenizer":
+        return cls(Tokenizer.from_str(text))
+
+    def to_json(self) -> str:
+        return self._tok.to_str()
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    @property
+    def eos_id(self) -> int:
+        return self._tok.token_to_id("<|endoftext|>")
+
+    @property
+    def pad_id(self) -> int:
+        return self._tok.token_to_id("<|pad|>")
+
+    @property
+    def backend(self) -> Tokenizer:
+        return self._tok
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=True)
+
+
+def new_bpe_tokenizer() -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    # Digits first, one per token: numbers (passkeys) then tokenize the same everywhere.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> TextTokenizer:
+    tok = new_bpe_tokenizer()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return TextTokenizer(tok)
+
+
+def iter_text_files(folder: Path, max_bytes: int | None = None) -> Iterator[str]:
+    """Paragraph-sized pieces of every .txt file under folder, in sorted order."""
+    seen = 0
+    for path in sorted(folder.rglob("*.txt")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for para in text.split("\n\n"):
+            if para.strip():
+                yield para
+                seen += len(para)
+                if max_bytes is not None and seen >= max_bytes:
+                    return

@@ -1,0 +1,362 @@
+"""Training: book text mixed with synthetic passkey retrieval, BPTT across segments, resume.
+
+Each step has two parts:
+  * text: random windows of several segments from the training books, full LM loss, so the
+    memory learns to help ordinary prose;
+  * passkey: Landmark-template prompts (standard filler or book prose as haystack, the key at
+    any depth, the first segment included), loss on the answer digits.
+
+Length without the cost of length: with the linear memory rule a segment written with
+weight w is exactly that segment written w times. Pure-haystack segments of a passkey prompt
+are written with large random weights, so a prompt of a few hundred real tokens carries
+the memory mass of a haystack up to `amplify_max` times longer. This trains the property
+that matters at a million tokens (the needle's key must outweigh all the filler in
+sigma(q).z) at the price of a short sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig, preset
+from .memory import StreamState
+from .model import InfiniTransformer
+from .stream import generate, train_forward
+from .tasks.passkey_prompt import Haystack, PasskeyPromptBuilder, first_integer, random_key, split_sentences
+from .tokenizer import TextTokenizer, train_tokenizer
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/small"
+    data_dir: str = "../shared/data/books/train"
+    preset: str = "small"
+    steps: int = 4000
+    seed: int = 0
+    batch_text: int = 8
+    text_segments: int = 4
+    batch_passkey: int = 16
+    passkey_segments: int = 6          # longest real passkey prompt, in segments
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    gate_lr_mult: float = 10.0
+    weight_decay: float = 0.1
+    warmup: int = 100
+    clip: float = 1.0
+    passkey_loss_weight: float = 1.0
+    book_haystack_prob: float = 0.5
+    amplify_prob: float = 0.75
+    amplify_start: int = 600            # steps of plain prompts before amplification starts
+    amplify_ramp: int = 1500            # steps over which the largest weight grows
+    amplify_max: float = 20000.0        # largest write weight (x segment_len tokens)
+    eval_every: int = 200
+    save_every: int = 100
+    tokenizer_sample_bytes: int = 150_000   # per book
+    threads: Optional[int] = None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+# ----------------------------------------------------------------------------- data
+
+def load_or_train_tokenizer(cfg: TrainConfig, vocab_size: int, log: Callable[[str], None]) -> TextTokenizer:
+    path = Path(cfg.out_dir) / "tokenizer.json"
+    if path.exists():
+        return TextTokenizer.from_json(path.read_text())
+    log(f"training a {vocab_size}-token byte-level BPE tokenizer on {cfg.data_dir}")
+
+    def sample():
+        for p in sorted(Path(cfg.data_dir).glob("*.txt")):
+            text = p.read_text(encoding="utf-8", errors="replace")[: cfg.tokenizer_sample_bytes]
+            for para in text.split("\n\n"):
+                if para.strip():
+                    yield para
+
+    tok = train_tokenizer(sample(), vocab_size)
+    path.write_text(tok.to_json())
+    return tok
+
+
+def load_or_tokenize_books(cfg: TrainConfig, tok: TextTokenizer, log: Callable[[str], None]) -> tuple[torch.Tensor, list[str]]:
+    """All training books as one int32 token tensor (cached), and the books' texts' paths."""
+    paths = sorted(Path(cfg.data_dir).glob("*.txt"))
+    if not paths:
+        raise FileNotFoundError(f"no .txt files in {cfg.data_dir}")
+    cache = Path(cfg.out_dir) / "books_tokens.safetensors"
+    if cache.exists():
+        return load_file(str(cache))["tokens"], [str(p) for p in paths]
+    log(f"tokenizing {len(paths)} books from {cfg.data_dir}")
+    ids: list[int] = []
+    eos = tok.eos_id
+    for p in paths:
+        text = p.read_text(encoding="utf-8", errors="replace")
+        paras = [q for q in text.split("\n\n") if q.strip()]
+        for enc in tok.encode_batch(["\n\n".join(paras[i:i + 200]) for i in range(0, len(paras), 200)]):
+            ids.extend(enc)
+        ids.append(eos)
+    tokens = torch.tensor(ids, dtype=torch.int32)
+    save_file({"tokens": tokens}, str(cache))
+    return tokens, [str(p) for p in paths]
+
+
+class PasskeySampler:
+    """Synthetic passkey prompts of a few segments with per-segment memory write weights."""
+
+    def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, tok: TextTokenizer, book_paths: list[str]) -> None:
+        self.cfg, self.mcfg, self.tok = cfg, model_cfg, tok
+        self.standard = PasskeyPromptBuilder(tok, Haystack.standard(tok))
+        self.book_paths = book_paths
+        self._book_text: dict[str, str] = {}
+
+    def _book_builder(self, rng: random.Random) -> PasskeyPromptBuilder:
+        path = rng.choice(self.book_paths)
+        if path not in self._book_text:
+            self._book_text[path] = Path(path).read_text(encoding="utf-8", errors="replace")
+        text = self._book_text[path]
+        start = rng.randrange(max(1, len(text) - 40_000))
+        window = text[start:start + 40_000]
+        return PasskeyPromptBuilder(self.tok, Haystack(self.tok, split_sentences(window)[1:-1] or ["Nothing."], path))
+
+    def max_weight(self, step: int) -> float:
+        c = self.cfg
+        if step < c.amplify_start:
+            return 1.0
+        frac = min(1.0, (step - c.amplify_start) / max(1, c.amplify_ramp))
+        return math.exp(frac * math.log(c.amplify_max))
+
+    def batch(self, rng: random.Random, step: int):
+        """Returns tokens [B, N], write weights [B, N/S], loss positions and targets."""
+        S = self.mcfg.segment_len
+        # the shortest prompt (task line, key line, question, answer) must fit
+        min_seg = -(-(self.standard.overhead() + 8 + 6) // S)
+        n_seg = rng.randint(min_seg, max(min_seg, self.cfg.passkey_segments))
+        N = n_seg * S
+        wmax = self.max_weight(step)
+        seqs, weights, pos, tgt = [], [], [], []
+        for b in range(self.cfg.batch_passkey):
+            builder = self._book_builder(rng) if rng.random() < self.cfg.book_haystack_prob else self.standard
+            answer = self.tok.encode(" " + (key := random_key(rng)))
+            room = N - len(answer)
+            target_len = rng.randint(max(builder.overhead() + 8, room - S), room)
+            depth = rng.random()
+            plan = builder.plan(target_len, depth)
+            while plan.total_tokens > room:  # rounding overshoot: ask for less haystack
+                target_len -= plan.total_tokens - room + 4
+                plan = builder.plan(target_len, depth)
+            ids = builder.build(plan, key) + answer
+            ids = ids + [self.tok.pad_id] * (N - len(ids))
+            seqs.append(ids[:N])
+            q_end = plan.total_tokens
+            for j in range(len(answer)):
+                pos.append((b, q_end - 1 + j))
+                tgt.append(answer[j])
+            # segments holding nothing but haystack may stand for a much longer haystack
+            w = []
+            amp = wmax > 1 and rng.random() < self.cfg.amplify_prob
+            base = math.exp(rng.uniform(0, math.log(wmax))) if amp else 1.0
+            protected = [(0, len(builder.task_ids) + 1), (plan.key_start, plan.key_start + plan.key_len),
+                         (plan.question_start, N)]
+            for i in range(n_seg):
+                lo, hi = i * S, (i + 1) * S
+                pure = all(hi <= a or lo >= e for a, e in protected)
+                w.append(base * rng.uniform(0.5, 1.5) if (pure and amp) else 1.0)
+            weights.append(w)
+        return (torch.tensor(seqs), torch.tensor(weights, dtype=torch.float32),
+                torch.tensor(pos), torch.tensor(tgt))
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+def build_optimizer(model: InfiniTransformer, cfg: TrainConfig) -> torch.optim.AdamW:
+    decay, no_decay, gates = [], [], []
+    for name, p in model.named_parameters():
+        if name.endswith("gate"):
+            gates.append(p)
+        elif p.dim() < 2 or "norm" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay, "lr_mult": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0},
+        # gates: their own, larger rate and no decay, or they barely leave their start
+        {"params": gates, "weight_decay": 0.0, "lr_mult": cfg.gate_lr_mult},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def save_train_state(path: Path, model: InfiniTransformer, opt: torch.optim.AdamW, step: int,
+                     cfg: TrainConfig, record: dict) -> None:
+    """Model and optimizer moments in safetensors (never a pickle), written atomically."""
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        st = opt.state.get(p)
+        if st:
+            tensors[f"opt.{i}.exp_avg"] = st["exp_avg"].contiguous()
+            tensors[f"opt.{i}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
+            tensors[f"opt.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
+    meta = {"step": str(step), "model_config": model.config.to_json(), "train_config": cfg.to_json(),
+            "record": json.dumps(record)}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def load_train_state(path: Path, model: InfiniTransformer, opt: torch.optim.AdamW) -> tuple[int, dict]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        if f"opt.{i}.exp_avg" in tensors:
+            opt.state[p] = {"exp_avg": tensors[f"opt.{i}.exp_avg"], "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"],
+                            "step": tensors[f"opt.{i}.step"].reshape(())}
+    return int(meta["step"]), json.loads(meta.get("record", "{}"))
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def eval_passkey(model: InfiniTransformer, tok: TextTokenizer, builder: PasskeyPromptBuilder,
+                 lengths: list[int], trials: int, seed: int) -> dict[str, float]:
+    """Exact-key accuracy on real (not amplified) prompts, depths spread over each length."""
+    rng = random.Random(seed)
+    out = {}
+    model.eval()
+    for n in lengths:
+        hits = 0
+        for t in range(trials):
+            key = random_key(rng)
+            plan = builder.plan(n, t / max(1, trials - 1))
+            ids = builder.build(plan, key)
+            state = StreamState.empty(model.config, device=next(model.parameters()).device)
+            gen = list(generate(model, state, ids, 7))
+            hits += first_integer(tok.decode(gen)) == key
+        out[str(n)] = hits / trials
+    model.train()
+    return out
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print, stop: Optional[Callable[[], bool]] = None,
+          device: torch.device = torch.device("cpu")) -> Path:
+    """Train (or resume) in cfg.out_dir; returns the path of the final float checkpoint.
+
+    Ctrl-C saves the current step's state before it stops, so nothing is lost.
+    """
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    mcfg = preset(cfg.preset)
+    tok = load_or_train_tokenizer(cfg, mcfg.vocab_size, log)
+    mcfg = dataclasses.replace(mcfg, vocab_size=tok.vocab_size)
+    books, book_paths = load_or_tokenize_books(cfg, tok, log)
+    torch.manual_seed(cfg.seed)
+    model = InfiniTransformer(mcfg).init_weights(cfg.seed).to(device)
+    opt = build_optimizer(model, cfg)
+    state_path = out / "train_state.safetensors"
+    step, record = 0, {"tokens_seen": 0, "seconds": 0.0, "evals": []}
+    if state_path.exists():
+        step, record = load_train_state(state_path, model, opt)
+        log(f"resumed from {state_path} at step {step}")
+    (out / "train_config.json").write_text(cfg.to_json())
+    sampler = PasskeySampler(cfg, mcfg, tok, book_paths)
+    eval_builder = PasskeyPromptBuilder(tok, Haystack.standard(tok))
+    logf = (out / "log.jsonl").open("a")
+    model.train()
+    t_last = time.time()
+    try:
+        step = _train_loop(cfg, model, opt, step, record, sampler, eval_builder, tok, books, logf, state_path, log,
+                           stop, device, t_last)
+    except KeyboardInterrupt:
+        save_train_state(state_path, model, opt, record.get("steps_done", step), cfg, record)
+        log(f"interrupted: saved {state_path} at step {record.get('steps_done', step)}; run the same command to resume")
+        raise
+    final = out / "model.safetensors"
+    from .checkpoint import save_checkpoint
+
+    record.update({"steps": step, "train_config": dataclasses.asdict(cfg)})
+    save_checkpoint(final, model, tok, training=record)
+    log(f"wrote {final}")
+    return final
+
+
+def _train_loop(cfg, model, opt, step, record, sampler, eval_builder, tok, books, logf, state_path, log, stop,
+                device, t_last) -> int:
+    S = model.config.segment_len
+    text_len = cfg.text_segments * S
+    record["steps_done"] = step
+    while step < cfg.steps:
+        if stop is not None and stop():
+            break
+        # data depends only on (seed, step): a resumed run sees exactly what it would have
+        rng = random.Random(cfg.seed * 1_000_003 + step)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        lr = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr * g["lr_mult"]
+
+        starts = torch.randint(0, books.numel() - text_len - 1, (cfg.batch_text,), generator=gen)
+        window = torch.stack([books[s:s + text_len + 1] for s in starts.tolist()]).long().to(device)
+        h = train_forward(model, window[:, :-1])
+        loss_text = F.cross_entropy(model.hidden_to_logits(h).flatten(0, 1), window[:, 1:].flatten())
+
+        toks, weights, pos, tgt = (t.to(device) for t in sampler.batch(rng, step))
+        h = train_forward(model, toks, weights)
+        logits = model.hidden_to_logits(h[pos[:, 0], pos[:, 1]])
+        loss_pk = F.cross_entropy(logits, tgt)
+        n_ans = len(tgt) // cfg.batch_passkey
+        exact = (logits.argmax(-1) == tgt).view(cfg.batch_passkey, n_ans).all(-1).float().mean().item()
+
+        loss = loss_text + cfg.passkey_loss_weight * loss_pk
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip).item()
+        opt.step()
+        step += 1
+        record["steps_done"] = step
+        now = time.time()
+        n_tok = window.numel() + toks.numel()
+        record["tokens_seen"] += n_tok
+        record["seconds"] += now - t_last
+        row = {"step": step, "loss_text": round(loss_text.item(), 4), "loss_passkey": round(loss_pk.item(), 4),
+               "passkey_exact": round(exact, 3), "lr": lr, "grad_norm": round(gnorm, 3),
+               "max_weight": round(sampler.max_weight(step), 1), "tok_s": round(n_tok / (now - t_last)),
+               "gates": [round(x, 3) for x in model.gates().mean(1).tolist()]}
+        t_last = now
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            row["eval_passkey"] = eval_passkey(model, tok, eval_builder, [4 * S, 1024, 4096], 6, seed=1234)
+            record["evals"].append({"step": step, **row["eval_passkey"]})
+            t_last = time.time()
+        logf.write(json.dumps(row) + "\n")
+        logf.flush()
+        log(json.dumps(row))
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            save_train_state(state_path, model, opt, step, cfg, record)
+    save_train_state(state_path, model, opt, step, cfg, record)
+    return step

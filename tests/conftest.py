@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny tokenizer, tiny models and checkpoints built on the spot."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from infini_cli.checkpoint import save_checkpoint
+from infini_cli.config import ModelConfig, preset
+from infini_cli.model import InfiniTransformer
+from infini_cli.tasks.passkey_prompt import FILLER, KEY_LINE, QUESTION, TASK
+from infini_cli.tokenizer import TextTokenizer, train_tokenizer
+
+CORPUS = [
+    TASK, FILLER, KEY_LINE.format(k="12345"), QUESTION,
+    "It was the best of times, it was the worst of times, it was the age of wisdom.",
+    "Call me Ishmael. Some years ago, never mind how long precisely, having little money.",
+    "The committee decided to postpone the vote until the spring meeting.",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> TextTokenizer:
+    return train_tokenizer(CORPUS, vocab_size=400)
+
+
+def tiny_config(tokenizer: TextTokenizer | None = None, **changes) -> ModelConfig:
+    cfg = preset("tiny")
+    if tokenizer is not None:
+        changes.setdefault("vocab_size", tokenizer.vocab_size)
+    return dataclasses.replace(cfg, **changes)
+
+
+def random_model(cfg: ModelConfig, seed: int = 0, gate_std: float = 1.0) -> InfiniTransformer:
+    """A model with random weights and random gates (so memory and local both matter)."""
+    model = InfiniTransformer(cfg).init_weights(seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for block in model.layers:
+            block.attn.gate.copy_(torch.randn(cfg.n_heads, generator=gen) * gate_std)
+            # larger weights than the training init so attention patterns are not uniform
+            for lin in (block.attn.wq, block.attn.wk):
+                lin.weight.mul_(10)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_model(tokenizer) -> InfiniTransformer:
+    return random_model(tiny_config(tokenizer))
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path: Path, tokenizer, tiny_model) -> Path:
+    path = tmp_path / "tiny.safetensors"
+    save_checkpoint(path, tiny_model, tokenizer, training={"steps": 0})
+    return path

@@ -1,0 +1,101 @@
+"""One-file checkpoints: exact round trips, quantized tolerances, clean refusals."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+
+from infini_cli.checkpoint import CheckpointError, load_checkpoint, read_header, save_checkpoint
+from infini_cli.memory import StreamState
+from infini_cli.quantize import QuantScheme
+from infini_cli.stream import feed
+
+
+def logits_of(model, tokens):
+    out, _ = feed(model, StreamState.empty(model.config), tokens)
+    return out
+
+
+def test_float_round_trip_is_exact(tmp_path, tiny_model, tokenizer):
+    path = save_checkpoint(tmp_path / "m.safetensors", tiny_model, tokenizer, training={"steps": 7})
+    loaded = load_checkpoint(path)
+    for k, v in tiny_model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[k], v), k
+    assert loaded.config == tiny_model.config
+    assert loaded.tokenizer.encode("The sky is blue.") == tokenizer.encode("The sky is blue.")
+    assert loaded.header.training == {"steps": 7}
+    assert loaded.header.metadata["format_version"] == "1"
+
+
+@pytest.mark.parametrize("scheme,bound", [(QuantScheme(8), 0.02), (QuantScheme(4, 32), 0.15)])
+def test_quantized_round_trip(tmp_path, tiny_model, tokenizer, scheme, bound):
+    """Saving a quantized file twice is exact; its logits stay within `bound` (relative)."""
+    path = save_checkpoint(tmp_path / "q.safetensors", tiny_model, tokenizer, scheme)
+    loaded = load_checkpoint(path)
+    again = save_checkpoint(tmp_path / "q2.safetensors", loaded.model, tokenizer, scheme)
+    reloaded = load_checkpoint(again)
+    for k, v in loaded.model.state_dict().items():
+        torch.testing.assert_close(reloaded.model.state_dict()[k], v, rtol=0, atol=1e-6)
+    tokens = list(range(40))
+    ref, got = logits_of(tiny_model, tokens), logits_of(loaded.model, tokens)
+    assert ((got - ref).norm() / ref.norm()).item() < bound
+    assert read_header(path).quant == scheme
+
+
+def test_quantized_file_is_smaller(tmp_path, tiny_model, tokenizer):
+    f = save_checkpoint(tmp_path / "f.safetensors", tiny_model, tokenizer).stat().st_size
+    q8 = save_checkpoint(tmp_path / "8.safetensors", tiny_model, tokenizer, QuantScheme(8)).stat().st_size
+    assert q8 < f
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        read_header(tmp_path / "nope.safetensors")
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".bin", ".pth"])
+def test_pickle_files_are_refused(tmp_path, suffix):
+    p = tmp_path / f"model{suffix}"
+    p.write_bytes(b"\x80\x04not really")
+    with pytest.raises(CheckpointError, match="refused"):
+        read_header(p)
+
+
+def test_truncated_file(tmp_path, tiny_checkpoint):
+    data = tiny_checkpoint.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        read_header(cut)
+
+
+def test_broken_header(tmp_path):
+    p = tmp_path / "broken.safetensors"
+    p.write_bytes(struct.pack("<Q", 10) + b"{not json!" + b"\0" * 10)
+    with pytest.raises(CheckpointError, match="broken safetensors header"):
+        read_header(p)
+
+
+def test_not_safetensors(tmp_path):
+    p = tmp_path / "text.safetensors"
+    p.write_text("hello, I am a text file and nothing else " * 10)
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        read_header(p)
+
+
+def test_plain_safetensors_without_metadata(tmp_path):
+    from safetensors.torch import save_file
+
+    p = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(p))
+    with pytest.raises(CheckpointError, match="not an infini checkpoint"):
+        read_header(p)
+
+
+def test_loads_on_meta_then_assigns(tiny_checkpoint):
+    loaded = load_checkpoint(tiny_checkpoint)
+    assert all(p.device.type == "cpu" for p in loaded.model.parameters())
+    assert json.loads(loaded.header.metadata["config"])["n_layers"] == loaded.config.n_layers

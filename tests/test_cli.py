@@ -1,0 +1,116 @@
+"""The command line: help, version, info, quantize, clean one-line errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from infini_cli import __version__
+from infini_cli.cli import app
+
+runner = CliRunner()
+COMMANDS = ["info", "quantize", "convert", "train", "passkey-test", "summarize", "ask", "bench"]
+
+
+def run(*args):
+    return runner.invoke(app, list(map(str, args)))
+
+
+def assert_one_line_error(result, code, *words):
+    assert result.exit_code == code, result.output
+    text = result.output.strip()
+    assert "Traceback" not in text
+    assert len(text.splitlines()) == 1, text
+    assert text.startswith("error:")
+    for w in words:
+        assert w in text
+
+
+def test_version():
+    r = run("--version")
+    assert r.exit_code == 0 and __version__ in r.output
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_every_command(flag):
+    r = run(flag)
+    assert r.exit_code == 0
+    for c in COMMANDS:
+        assert c in r.output
+
+
+def test_info_json(tiny_checkpoint, tiny_model):
+    r = run("info", tiny_checkpoint, "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    for key in ("parameters", "quantization", "file_bytes", "segment_len", "memory_state_bytes",
+                "kv_cache_bytes", "compression"):
+        assert key in data
+    assert data["parameters"] == sum(p.numel() for p in tiny_model.parameters())
+    cfg = tiny_model.config
+    assert data["memory_state_bytes"] == cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * (cfg.head_dim + 1) * 4
+    n = str(1 << 20)
+    assert data["kv_cache_bytes"][n] == 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * (1 << 20) * 2
+    assert data["compression"][n] == pytest.approx(data["kv_cache_bytes"][n] / data["memory_state_bytes"], rel=1e-3)
+
+
+def test_info_table(tiny_checkpoint):
+    r = run("info", tiny_checkpoint)
+    assert r.exit_code == 0 and "memory state" in r.output and "KV cache" in r.output
+
+
+@pytest.mark.parametrize("bits,extra", [(8, []), (4, ["--group-size", "32"])])
+def test_quantize_command(tmp_path, tiny_checkpoint, bits, extra):
+    dst = tmp_path / f"q{bits}.safetensors"
+    r = run("quantize", tiny_checkpoint, dst, "--bits", bits, *extra, "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["bytes_after"] < data["bytes_before"]
+    assert 0 < data["relative_error"] < (0.02 if bits == 8 else 0.15)
+    assert json.loads(run("info", dst, "--json").output)["quantization"] == ("int8" if bits == 8 else "int4-g32")
+
+
+def test_quantize_bad_bits(tmp_path, tiny_checkpoint):
+    assert_one_line_error(run("quantize", tiny_checkpoint, tmp_path / "x.safetensors", "--bits", 3), 2, "--bits")
+
+
+def test_missing_checkpoint(tmp_path):
+    assert_one_line_error(run("info", tmp_path / "missing.safetensors"), 2, "missing.safetensors", "no such file")
+
+
+def test_pickle_checkpoint_refused(tmp_path):
+    p = tmp_path / "model.bin"
+    p.write_bytes(b"\x80\x04")
+    assert_one_line_error(run("info", p), 2, "model.bin", "refused")
+
+
+def test_truncated_checkpoint(tmp_path, tiny_checkpoint):
+    p = tmp_path / "cut.safetensors"
+    p.write_bytes(tiny_checkpoint.read_bytes()[:200])
+    assert_one_line_error(run("info", p), 2, "cut.safetensors")
+
+
+def test_non_safetensors(tmp_path):
+    p = tmp_path / "notes.safetensors"
+    p.write_text("just some notes, not a model")
+    assert_one_line_error(run("info", p), 2, "notes.safetensors")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_gpu_is_a_clean_error(tiny_checkpoint):
+    from infini_cli.device import DeviceError, resolve_device
+
+    with pytest.raises(DeviceError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(DeviceError):
+        resolve_device("tpu")
+
+
+def test_train_bad_config(tmp_path):
+    p = tmp_path / "t.json"
+    p.write_text('{"stepz": 3}')
+    assert_one_line_error(run("train", "--config", p), 2, "stepz")
