@@ -95,31 +95,61 @@ def train_forward(
 def ingest(
     model: InfiniTransformer,
     state: StreamState,
-    chunks: Iterable[Sequence[int]],
+    chunks: Iterable[Sequence[int] | torch.Tensor],
     on_tokens: Optional[ProgressFn] = None,
     use_memory: bool = True,
 ) -> StreamState:
     """Stream token chunks of any length and size through the model at constant memory.
 
-    Chunks are regrouped into whole segments first so each forward sees as many tokens as
-    it can take (larger matrix products), whatever sizes the reader produced.
+    Chunks are lists of ids (batch 1) or tensors [B, n] (B streams in lockstep). They are
+    regrouped into whole segments first so each forward sees as many tokens as it can take
+    (larger matrix products), whatever sizes the reader produced. `on_tokens` gets the
+    number of positions consumed (per stream).
     """
     seg = model.config.segment_len
-    pending: list[int] = []
+    device = next(model.parameters()).device
+    pending: list[torch.Tensor] = []
+    n_pending = 0
     for chunk in chunks:
-        pending.extend(chunk)
+        t = chunk if isinstance(chunk, torch.Tensor) else torch.tensor(list(chunk), dtype=torch.long)
+        if t.dim() == 1:
+            t = t.unsqueeze(0)
+        if t.shape[1] == 0:
+            continue
+        pending.append(t)
+        n_pending += t.shape[1]
         room = seg - state.local_len
-        if len(pending) >= room:
-            n = room + ((len(pending) - room) // seg) * seg
-            _, state = feed(model, state, pending[:n], logits="none", use_memory=use_memory)
-            del pending[:n]
+        if n_pending >= room:
+            joined = torch.cat(pending, dim=1)
+            n = room + ((n_pending - room) // seg) * seg
+            _, state = feed(model, state, joined[:, :n].to(device), logits="none", use_memory=use_memory)
+            pending, n_pending = [joined[:, n:]], n_pending - n
             if on_tokens:
                 on_tokens(n)
-    if pending:
-        _, state = feed(model, state, pending, logits="none", use_memory=use_memory)
+    if n_pending:
+        _, state = feed(model, state, torch.cat(pending, dim=1).to(device), logits="none", use_memory=use_memory)
         if on_tokens:
-            on_tokens(len(pending))
+            on_tokens(n_pending)
     return state
+
+
+@torch.inference_mode()
+def greedy_batch(
+    model: InfiniTransformer,
+    state: StreamState,
+    last_tokens: torch.Tensor,
+    max_new_tokens: int,
+    use_memory: bool = True,
+) -> torch.Tensor:
+    """Greedy decoding for B streams in lockstep: feed last_tokens [B], return [B, n] ids."""
+    device = next(model.parameters()).device
+    tok = last_tokens.view(-1, 1).to(device)
+    out = []
+    for _ in range(max_new_tokens):
+        logits, state = feed(model, state, tok, logits="last", use_memory=use_memory)
+        tok = logits[:, -1].argmax(-1, keepdim=True)
+        out.append(tok)
+    return torch.cat(out, dim=1).cpu()
 
 
 @dataclass
