@@ -155,10 +155,12 @@ def read_tensors(path: Union[str, Path]) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(path: Union[str, Path], device: Union[str, torch.device] = "cpu",
-                    dtype: Optional[torch.dtype] = None) -> LoadedModel:
+                    dtype: Optional[torch.dtype] = None, int8_linears: bool = False) -> LoadedModel:
     """Load a checkpoint for inference: model built on the meta device, then weights assigned.
 
     dtype defaults to float32 on the CPU and bfloat16 on CUDA; the memory stays float32.
+    int8_linears swaps the linear layers for torch's weight-only int8 kernel (faster
+    single-token decoding on CPUs where it has a fast path; see quantize.Int8Linear).
     """
     header = read_header(path)
     dev = torch.device(device)
@@ -182,6 +184,10 @@ def load_checkpoint(path: Union[str, Path], device: Union[str, torch.device] = "
     if header.config.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     model.eval()
+    if int8_linears:
+        from .quantize import use_int8_linears
+
+        use_int8_linears(model)
     try:
         tok = TextTokenizer.from_json(header.tokenizer_json)
     except Exception:

@@ -360,6 +360,52 @@ def passkey_table(summary: dict, lengths: list[int], depths: list[float]) -> Tab
     return t
 
 
+# ----------------------------------------------------------------------------- read
+
+@app.command()
+@handles_errors
+def read(
+    file: str = typer.Argument(..., help="A PDF or text file (UTF-8, or UTF-16 with a byte-order mark); - reads standard input."),
+    password: Optional[str] = typer.Option(None, "--password", help="Password of an encrypted PDF (the empty one is tried first)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (there is none either when stderr is not a terminal)."),
+    as_json: bool = JsonOpt,
+    model: Optional[Path] = ModelOpt,
+    device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
+) -> None:
+    """Stream a document through the model and report tokens, pages, speed; the first step of ask and summarize.
+
+    Example: infini read book.pdf        (or: cat notes.txt | infini read -)
+    """
+    from .document import read_document
+    from .readers import open_document
+
+    doc = open_document(file, password)  # bad input fails here, before the model loads
+    try:
+        loaded = load_model(model, device, threads)
+    except BaseException:
+        doc.close()
+        raise
+    result = read_document(loaded, doc, quiet=quiet, console=err)
+    stats = result.stats
+    for w in stats.warnings:
+        err.print(Text("warning: ", style="yellow") + Text(w), soft_wrap=True)
+    if as_json:
+        out.print_json(json.dumps(stats.as_dict()))
+        return
+    t = Table(title=stats.name, show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    if stats.pages is not None:
+        t.add_row("pages", f"{stats.pages:,}")
+    t.add_row("size", f"{human_bytes(stats.bytes)}, {stats.chars:,} characters")
+    t.add_row("tokens", f"{stats.tokens:,}" + ("" if stats.exact_tokenization else " (see warning)"))
+    t.add_row("time", f"{stats.seconds:.2f} s, {stats.tokens_per_second:,.0f} tokens/s")
+    t.add_row("memory writes", f"{stats.segments_written:,} segments")
+    t.add_row("memory state", f"{human_bytes(stats.memory_state_bytes)} (any length)")
+    out.print(t)
+
+
 # ----------------------------------------------------------------------------- later issues
 
 def _not_built(what: str) -> None:
@@ -379,9 +425,53 @@ def ask() -> None:
 
 
 @app.command()
-def bench() -> None:
-    """Measure speed and memory against full attention and transformers (not built yet)."""
-    _not_built("bench")
+@handles_errors
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="A reduced run (4K side by side, RSS at 10K/100K): under a minute."),
+    model: Optional[Path] = ModelOpt,
+    device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
+    out_file: Optional[Path] = typer.Option(None, "--out", help="JSON results file (default benchmarks/results/engine.json); "
+                                            "the markdown table goes beside it (.md)."),
+    case_timeout: Optional[float] = typer.Option(None, "--case-timeout", help="Seconds allowed per side-by-side case."),
+    tiny: bool = typer.Option(False, "--tiny", hidden=True, help="Tests: the tiny preset, in-process, seconds."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Measure speed and memory: compute limit and MFU, full attention and transformers side by side,
+    flat peak RSS up to 10M tokens, int8 vs float decoding. The full run takes roughly half an hour on
+    two CPU cores; machines are noisy, so read the ratios.
+
+    Examples:
+
+      infini bench --quick
+
+      infini bench --json --out runs/bench.json
+    """
+    import dataclasses
+
+    from . import benchmark as bm
+    from .checkpoint import default_model_path
+    from .device import resolve_device, set_threads
+
+    set_threads(threads)
+    dev = resolve_device(device)
+    plan = bm.tiny_plan() if tiny else bm.QUICK if quick else bm.FULL
+    if case_timeout is not None:
+        plan = dataclasses.replace(plan, case_timeout_s=case_timeout)
+    if model is not None and not model.exists():
+        from .checkpoint import read_header
+
+        read_header(model)  # raises the one-line CheckpointError
+    path = model or default_model_path()
+    log = (lambda s: err.print(Text("bench ", style="dim") + Text(s)))
+    res = bm.run_benchmark(plan, str(path), threads, dev if dev.type == "cuda" else None, log)
+    command = "infini bench" + (" --quick" if quick else "") + (f" --threads {threads}" if threads else "")
+    json_path, md_path = bm.write_results(res, out_file or bm.default_output(), command)
+    if as_json:
+        out.print_json(json.dumps(res))
+        return
+    bm.print_report(res, out)
+    out.print(f"wrote {json_path} and {md_path}")
 
 
 def main() -> None:

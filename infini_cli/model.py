@@ -31,7 +31,9 @@ class RMSNorm(nn.Module):
         # normalise in float32 as Llama does, so bf16 weights keep the same numerics
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        # checkpoints keep norm weights in float32 whatever the compute dtype: cast back, or a
+        # bf16 model's activations would turn float32 here and meet bf16 linear weights
+        return (self.weight * xf.to(x.dtype)).to(x.dtype)
 
 
 @lru_cache(maxsize=16)
@@ -42,24 +44,44 @@ def _rope_table(n_pos: int, dim: int, theta: float, device: torch.device) -> tup
 
 
 def _make_rope_table(n_pos: int, dim: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sign-folded sin [n_pos, D]: rotate_half(x) * sin == swap_halves(x) * signed_sin."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
     freqs = torch.outer(torch.arange(n_pos, device=device, dtype=torch.float32), inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)  # [n_pos, D], Llama's half-split layout
-    return emb.cos(), emb.sin()
+    sin = emb.sin()
+    half = dim // 2
+    return emb.cos(), torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def _swap_halves(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((x[..., half:], x[..., :half]), dim=-1)
 
 
 def apply_rope(x: torch.Tensor, start: int, theta: float, table_len: int) -> torch.Tensor:
-    """RoPE for x [B, heads, T, D] at positions start..start+T-1 (restarting every segment)."""
+    """RoPE for x [B, heads, T, D] at positions start..start+T-1 (restarting every segment).
+
+    x * cos + rotate_half(x) * sin, with rotate_half's negation folded into the table: the same
+    products, two fewer kernels per call (ingest runs two calls per layer per segment).
+    """
     T, D = x.shape[-2], x.shape[-1]
     cos, sin = _rope_table(table_len, D, theta, x.device)
     cos = cos[start:start + T].to(x.dtype)
     sin = sin[start:start + T].to(x.dtype)
-    return x * cos + _rotate_half(x) * sin
+    return torch.addcmul(x * cos, _swap_halves(x), sin)
+
+
+def _sdpa_has_gqa() -> bool:
+    """scaled_dot_product_attention(enable_gqa=True) (torch >= 2.5) reads grouped K/V in place."""
+    try:
+        q, kv = torch.zeros(1, 2, 1, 4), torch.zeros(1, 1, 1, 4)
+        F.scaled_dot_product_attention(q, kv, kv, enable_gqa=True)
+        return True
+    except (TypeError, RuntimeError):
+        return False
+
+
+_SDPA_GQA = _sdpa_has_gqa()
 
 
 class InfiniAttention(nn.Module):
@@ -100,23 +122,28 @@ class InfiniAttention(nn.Module):
         table = cfg.segment_len
         q_rot = apply_rope(q, P, cfg.rope_theta, table)
         k_rot = apply_rope(k_seg, 0, cfg.rope_theta, table)
-        # query head h uses key/value head h // group_size, exactly as Llama's repeat_kv
-        k_rep = k_rot.repeat_interleave(cfg.group_size, dim=1)
-        v_rep = v_seg.repeat_interleave(cfg.group_size, dim=1)
+        # query head h uses key/value head h // group_size, exactly as Llama's repeat_kv; SDPA's
+        # enable_gqa does that mapping without copying K/V (same numbers, fewer kernels)
+        if _SDPA_GQA and cfg.group_size > 1:
+            k_rep, v_rep, gqa = k_rot, v_seg, {"enable_gqa": True}
+        else:
+            k_rep = k_rot.repeat_interleave(cfg.group_size, dim=1)
+            v_rep = v_seg.repeat_interleave(cfg.group_size, dim=1)
+            gqa = {}
         if P == 0:
-            local = F.scaled_dot_product_attention(q_rot, k_rep, v_rep, is_causal=T > 1)
+            local = F.scaled_dot_product_attention(q_rot, k_rep, v_rep, is_causal=T > 1, **gqa)
         elif T == 1:
-            local = F.scaled_dot_product_attention(q_rot, k_rep, v_rep)
+            local = F.scaled_dot_product_attention(q_rot, k_rep, v_rep, **gqa)
         else:
             mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
-            local = F.scaled_dot_product_attention(q_rot, k_rep, v_rep, attn_mask=mask)
+            local = F.scaled_dot_product_attention(q_rot, k_rep, v_rep, attn_mask=mask, **gqa)
 
         if use_memory:
             # grouped read: query heads of one group read their key/value head's memory
             qg = q.reshape(B, G, cfg.group_size * T, D)
             mem = memory_read(qg, M, z).reshape(B, H, T, D).to(local.dtype)
             g = torch.sigmoid(self.gate.float()).to(local.dtype).view(1, H, 1, 1)
-            out = g * mem + (1.0 - g) * local
+            out = torch.lerp(local, mem, g)  # g * mem + (1 - g) * local, in one kernel
         else:
             out = local
 

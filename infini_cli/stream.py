@@ -25,6 +25,7 @@ def _as_batch(tokens: torch.Tensor | Sequence[int], device: torch.device) -> tor
     return t.to(device)
 
 
+@torch.inference_mode()
 def feed(
     model: InfiniTransformer,
     state: StreamState,

@@ -1,14 +1,19 @@
 """The tokenizer: byte-level BPE (any input encodes), one token per digit.
 
 A thin wrapper over the `tokenizers` library; the JSON form travels inside the checkpoint.
+Documents of any length are encoded incrementally (see `IncrementalEncoder`) with exactly
+the ids a whole-text encode would give.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+if TYPE_CHECKING:
+    from .incremental import IncrementalEncoder, TextPiece, TokenChunk
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]
 
@@ -48,6 +53,21 @@ class TextTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
+
+    def incremental(self, max_hold: Optional[int] = None) -> "IncrementalEncoder":
+        """An encoder fed text piece by piece that holds back only a bounded tail."""
+        from .incremental import DEFAULT_MAX_HOLD, IncrementalEncoder
+
+        return IncrementalEncoder(self, DEFAULT_MAX_HOLD if max_hold is None else max_hold)
+
+    def iter_encode(self, chunks: Iterable["TextPiece"], max_hold: Optional[int] = None) -> Iterator["TokenChunk"]:
+        """Encode a stream of text chunks (anything with .text, .page, .char_offset, .line).
+
+        The concatenated ids equal `encode(whole text)`; each token carries its page and the
+        document offset of its first character. Memory is bounded by the largest chunk plus
+        `max_hold` characters, whatever the stream's length.
+        """
+        return self.incremental(max_hold).encode_stream(chunks)
 
 
 def new_bpe_tokenizer() -> Tokenizer:

@@ -99,3 +99,29 @@ def test_loads_on_meta_then_assigns(tiny_checkpoint):
     loaded = load_checkpoint(tiny_checkpoint)
     assert all(p.device.type == "cpu" for p in loaded.model.parameters())
     assert json.loads(loaded.header.metadata["config"])["n_layers"] == loaded.config.n_layers
+
+
+def test_bfloat16_load_runs_with_float32_norms(tiny_checkpoint, tiny_model):
+    """CUDA's default dtype: norms and gates stay float32, activations stay bfloat16."""
+    loaded = load_checkpoint(tiny_checkpoint, dtype=torch.bfloat16)
+    assert loaded.model.layers[0].attn_norm.weight.dtype == torch.float32
+    tokens = list(range(40))
+    with torch.inference_mode():
+        out, _ = feed(loaded.model, StreamState.empty(loaded.config, dtype=torch.bfloat16), tokens)
+        ref = logits_of(tiny_model, tokens)
+    assert out.dtype == torch.bfloat16
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 0.05
+
+
+def test_int8_linears_at_load(tiny_checkpoint, tiny_model):
+    from infini_cli.quantize import Int8Linear, int8_kernel_available
+
+    if not int8_kernel_available():
+        pytest.skip("no weight-only int8 kernel in this torch")
+    loaded = load_checkpoint(tiny_checkpoint, int8_linears=True)
+    assert isinstance(loaded.model.layers[0].attn.wq, Int8Linear)
+    tokens = list(range(40))
+    with torch.inference_mode():
+        out = logits_of(loaded.model, tokens)
+        ref = logits_of(tiny_model, tokens)
+    assert ((out - ref).norm() / ref.norm()).item() < 0.03
