@@ -57,3 +57,14 @@ def tiny_checkpoint(tmp_path: Path, tokenizer, tiny_model) -> Path:
     path = tmp_path / "tiny.safetensors"
     save_checkpoint(path, tiny_model, tokenizer, training={"steps": 0})
     return path
+
+
+def assert_one_line_error(result, code, *words):
+    """A CLI failure: the exit code, one line starting with 'error:', the given words, no traceback."""
+    assert result.exit_code == code, result.output
+    text = result.output.strip()
+    assert "Traceback" not in text
+    assert len(text.splitlines()) == 1, text
+    assert text.startswith("error:")
+    for w in words:
+        assert w in text, text

@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 from infini_cli import __version__
 from infini_cli.cli import app
 
+from .conftest import assert_one_line_error
+
 runner = CliRunner()
 COMMANDS = ["info", "quantize", "convert", "train", "passkey-test", "summarize", "ask", "bench"]
 
@@ -19,14 +21,6 @@ def run(*args):
     return runner.invoke(app, list(map(str, args)))
 
 
-def assert_one_line_error(result, code, *words):
-    assert result.exit_code == code, result.output
-    text = result.output.strip()
-    assert "Traceback" not in text
-    assert len(text.splitlines()) == 1, text
-    assert text.startswith("error:")
-    for w in words:
-        assert w in text
 
 
 def test_version():

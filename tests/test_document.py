@@ -22,6 +22,8 @@ from infini_cli.readers import open_document
 from infini_cli.stream import feed
 from tests.pdf_factory import encrypt_pdf, make_blank_pdf, make_pdf
 
+from .conftest import assert_one_line_error
+
 runner = CliRunner()
 TEXT = "Call me Ishmael. Some years ago, never mind how long precisely — 会议决定。 😀\n\n" * 12
 
@@ -30,14 +32,6 @@ def run(*args, input=None):
     return runner.invoke(app, list(map(str, args)), input=input)
 
 
-def assert_one_line_error(result, code, *words):
-    assert result.exit_code == code, result.output
-    text = result.output.strip()
-    assert "Traceback" not in text
-    assert len(text.splitlines()) == 1, text
-    assert text.startswith("error:")
-    for w in words:
-        assert w in text, text
 
 
 def test_help_lists_read():
