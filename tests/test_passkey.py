@@ -134,3 +134,14 @@ def test_bad_haystack_is_a_clean_error(tiny_checkpoint, tmp_path, make):
     assert r.exit_code == 2, r.output
     assert r.output.strip().startswith("error:") and "hay.txt" in r.output
     assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+
+
+def test_default_model_is_the_bundled_checkpoint():
+    from infini_cli.checkpoint import default_model_path
+
+    if not default_model_path().exists():
+        pytest.skip("no bundled checkpoint in models/")
+    r = runner.invoke(app, ["passkey-test", "--lengths", "128", "--depths", "0", "--trials", "1", "--threads", "1",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["model"].endswith("infini-small.safetensors")
