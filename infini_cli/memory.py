@@ -16,7 +16,7 @@ the state of an earlier step can be kept, compared or cloned.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Union
 
 import torch
 import torch.nn.functional as F

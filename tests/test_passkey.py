@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from infini_cli.cli import app
 from infini_cli.errors import InputError
 from infini_cli.tasks.passkey import parse_depths, parse_length, read_done
-from infini_cli.tasks.passkey_prompt import (FILLER, KEY_LINE, QUESTION, TASK, Haystack, PasskeyPromptBuilder,
+from infini_cli.tasks.passkey_prompt import (KEY_LINE, QUESTION, TASK, Haystack, PasskeyPromptBuilder,
                                              first_integer)
 
 runner = CliRunner()
