@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -227,8 +228,6 @@ def train(
 
     Example: infini train --config models/train_small.json --export models/infini-small.safetensors
     """
-    import dataclasses
-
     from .device import resolve_device, set_threads
     from .errors import InputError
     from .train import TrainConfig, train as run_training
@@ -325,7 +324,7 @@ def passkey_test(
             if jsonl is not None:
                 with jsonl.open("a") as f:
                     for t in trials_done:
-                        f.write(json.dumps(pk.asdict(t)) + "\n")
+                        f.write(json.dumps(dataclasses.asdict(t)) + "\n")
     summary = result.summary(length_list, depth_list)
     if out_dir is not None:
         pk.write_summary(out_dir, summary)
@@ -406,22 +405,225 @@ def read(
     out.print(t)
 
 
-# ----------------------------------------------------------------------------- later issues
+# ----------------------------------------------------------------------------- ask and summarize
 
-def _not_built(what: str) -> None:
-    fail(f"`infini {what}` is not built yet in this version; see the README's roadmap", EXIT_FAILURE)
+PasswordOpt = typer.Option(None, "--password", help="Password of an encrypted PDF (the empty one is tried first).")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar (there is none either when stderr is not a terminal).")
+NoCacheOpt = typer.Option(False, "--no-cache", help="Read the document again and do not save its memory.")
+
+
+def _open_then_load(file: str, password: Optional[str], model: Optional[Path], device: str, threads: Optional[int]):
+    """Open the document first, so that bad input fails before the model loads."""
+    from .readers import open_document
+
+    doc = open_document(file, password)
+    try:
+        return doc, load_model(model, device, threads)
+    except BaseException:
+        doc.close()
+        raise
+
+
+def _where(p: dict) -> str:
+    return f"p. {p['page']}" if p.get("page") is not None else f"line {p['line']}"
+
+
+def _print_evidence(evidence: list[dict], title: str = "Evidence") -> None:
+    if not evidence:
+        return
+    out.print()
+    out.print(Text(title, style="bold"))
+    t = Table(show_header=True, header_style="dim", box=None, pad_edge=False, expand=False)
+    t.add_column("#", justify="right", style="dim")
+    t.add_column("score", justify="right")
+    t.add_column("where", style="cyan", no_wrap=True)
+    t.add_column("text", overflow="fold")
+    for i, p in enumerate(evidence, 1):
+        t.add_row(str(i), f"{p['score']:.2f}", _where(p), p["text"])
+    out.print(t)
+
+
+def _print_footer(data: dict, mode_note: str) -> None:
+    from .tasks.ask import MODE_NOTE
+
+    parts = [MODE_NOTE.get(data["mode"], data["mode"]), f"{Path(data['document']).name}",
+             f"{data['tokens']:,} tokens" + (f", {data['pages']} pages" if data.get("pages") else ""),
+             f"{data['seconds']:.2f} s", "document memory from the cache" if data["cached"] else "read now"]
+    out.print()
+    out.print(Text(" · ".join(parts), style="dim"))
+
+
+def _warn_all(warnings: list[str]) -> None:
+    for w in warnings:
+        err.print(Text("warning: ", style="yellow") + Text(w), soft_wrap=True)
+
+
+def _stream_printer() -> Callable[[str], None]:
+    def show(piece: str) -> None:
+        out.print(piece, end="", soft_wrap=True, markup=False)
+    return show
 
 
 @app.command()
-def summarize() -> None:
-    """Summarize a document of any length with page citations (not built yet)."""
-    _not_built("summarize")
+@handles_errors
+def ask(
+    file: str = typer.Argument(..., help="A PDF or text file; - reads standard input (never cached)."),
+    question: str = typer.Argument(..., help="The question, in quotes."),
+    top_k: int = typer.Option(3, "--top-k", "-k", help="How many evidence sentences to show."),
+    password: Optional[str] = PasswordOpt,
+    no_cache: bool = NoCacheOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+    model: Optional[Path] = ModelOpt,
+    device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
+) -> None:
+    """Answer a question about a document of any length, with the evidence and its pages or lines.
+
+    The document is read once; its memory is saved (safetensors, keyed by the document's and the
+    model's hashes) so the next question about it starts at once. With the bundled model the
+    answer is the best evidence sentence itself ("extractive"); a checkpoint trained to answer
+    generates one from the document memory and the evidence ("generated"). The output says which.
+
+    Examples:
+
+      infini ask report.pdf "When did the committee meet?"
+
+      infini ask book.txt "Who is Mr. Darcy?" --top-k 5 --json
+    """
+    from .errors import InputError
+    from .tasks import ask as ask_task
+
+    question = ask_task.check_question(question)  # an empty question fails before anything is read
+    if top_k < 1:
+        raise InputError(f"--top-k {top_k}: give at least 1")
+    doc, loaded = _open_then_load(file, password, model, device, threads)
+    show = None if as_json else _stream_printer()
+    result = ask_task.ask(loaded, doc, question, top_k=top_k, use_cache=not no_cache, quiet=quiet, console=err,
+                          on_text=show)
+    _warn_all(result.warnings)
+    data = result.as_dict()
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    if not result.answer:
+        out.print(Text("no answer: no sentence of the document matches the question", style="yellow"), end="")
+    out.print()
+    _print_evidence(data["evidence"])
+    _print_footer(data, result.mode)
 
 
 @app.command()
-def ask() -> None:
-    """Answer a question about a document, with evidence and pages (not built yet)."""
-    _not_built("ask")
+@handles_errors
+def summarize(
+    file: str = typer.Argument(..., help="A PDF or text file; - reads standard input (never cached)."),
+    words: Optional[int] = typer.Option(None, "--words", "-w", help="Length of the summary in words (default 200)."),
+    sentences: Optional[int] = typer.Option(None, "--sentences", "-s", help="Length in sentences instead of words."),
+    password: Optional[str] = PasswordOpt,
+    no_cache: bool = NoCacheOpt,
+    quiet: bool = QuietOpt,
+    as_json: bool = JsonOpt,
+    model: Optional[Path] = ModelOpt,
+    device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
+) -> None:
+    """Summarize a document of any length; every summary sentence shows its page or line.
+
+    Extractive with the bundled model: sentences chosen from the whole arc of the document, in
+    document order. The document memory is cached like `ask`'s.
+
+    Examples:
+
+      infini summarize book.pdf
+
+      infini summarize notes.txt --sentences 5 --json
+    """
+    from .tasks import summarize as summ
+
+    budget = summ.check_budget(words, sentences)
+    doc, loaded = _open_then_load(file, password, model, device, threads)
+    show = None if as_json else _stream_printer()
+    result = summ.summarize(loaded, doc, budget, use_cache=not no_cache, quiet=quiet, console=err, on_text=show)
+    _warn_all(result.warnings)
+    data = result.as_dict()
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    if not result.summary:
+        out.print(Text("no summary: the document has no sentences to choose from", style="yellow"), end="")
+    out.print()
+    _print_evidence(data["evidence"], "Sentences and where they are")
+    _print_footer(data, result.mode)
+
+
+# ----------------------------------------------------------------------------- cache
+
+cache_app = typer.Typer(
+    name="cache",
+    help="The saved document memories that let ask and summarize skip re-reading a document.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("list")
+@handles_errors
+def cache_list(as_json: bool = JsonOpt) -> None:
+    """List cached documents: name, model, tokens, size, dates.
+
+    Example: infini cache list --json
+    """
+    import datetime
+
+    from . import cache as doc_cache
+
+    root = doc_cache.cache_dir()
+    entries = doc_cache.list_entries(root)
+    rows = []
+    for e in entries:
+        m = e.meta
+        rows.append({"key": e.key, "document": m.get("document"), "model": m.get("model"), "tokens": m.get("tokens"),
+                     "pages": m.get("pages"), "sentences": m.get("sentences"), "bytes": e.size_bytes(),
+                     "created": m.get("created"), "last_used": m.get("last_used"), "doc_sha256": m.get("doc_sha256")})
+    if as_json:
+        out.print_json(json.dumps({"cache_dir": str(root), "entries": rows,
+                                   "total_bytes": sum(r["bytes"] for r in rows)}))
+        return
+    if not rows:
+        out.print(f"the cache is empty ({root})")
+        return
+    when = lambda ts: datetime.datetime.fromtimestamp(float(ts)).strftime("%Y-%m-%d %H:%M") if ts else "-"  # noqa: E731
+    t = Table(title=f"document memories in {root}")
+    t.add_column("document", overflow="fold")
+    t.add_column("model", overflow="fold")
+    t.add_column("key", style="dim", overflow="fold")
+    t.add_column("tokens", justify="right")
+    t.add_column("size", justify="right")
+    t.add_column("created")
+    t.add_column("last used")
+    for r in rows:
+        t.add_row(Path(str(r["document"])).name, Path(str(r["model"])).name, r["key"][:8], f"{int(r['tokens'] or 0):,}", human_bytes(r["bytes"]),
+                  when(r["created"]), when(r["last_used"]))
+    out.print(t)
+    out.print(f"{len(rows)} document{'s' if len(rows) != 1 else ''}, {human_bytes(sum(r['bytes'] for r in rows))}")
+
+
+@cache_app.command("clear")
+@handles_errors
+def cache_clear(as_json: bool = JsonOpt) -> None:
+    """Delete every cached document memory.
+
+    Example: infini cache clear
+    """
+    from . import cache as doc_cache
+
+    root = doc_cache.cache_dir()
+    n, freed = doc_cache.clear(root)
+    if as_json:
+        out.print_json(json.dumps({"cache_dir": str(root), "removed": n, "bytes_freed": freed}))
+        return
+    out.print(f"removed {n} cached document{'s' if n != 1 else ''} ({human_bytes(freed)}) from {root}")
 
 
 @app.command()
