@@ -164,10 +164,13 @@ def bench_ask(loaded, data_dir: Path, workdir: Path, quick: bool, model_weight: 
         rows[f"ours + model rerank (w={model_weight:g}, top {rerank})"] = (counts["model@1"] / n, counts["model@3"] / n)
     out_held = {}
     if held["n"] and model_weight:
+        def shares(key: str) -> dict:
+            return {"top1": round(held[f"{key}@1"] / held["n"], 4), "top3": round(held[f"{key}@3"] / held["n"], 4)}
+
         out_held = {"questions": held["n"], "articles_excluded": list(TUNING_ARTICLES),
-                    "ours": {"top1": round(held["ours@1"] / held["n"], 4), "top3": round(held["ours@3"] / held["n"], 4)},
-                    "model": {"top1": round(held["model@1"] / held["n"], 4), "top3": round(held["model@3"] / held["n"], 4)}}
-    return {"articles": len(articles), "questions": n, "seconds": round(time.perf_counter() - t0, 1), "held_out": out_held,
+                    "ours": shares("ours"), "model": shares("model")}
+    return {"articles": len(articles), "questions": n, "seconds": round(time.perf_counter() - t0, 1),
+            "held_out": out_held,
             "read_seconds": round(read_s, 1),
             "rows": {k: {"top1": round(a, 4), "top3": round(b, 4)} for k, (a, b) in rows.items()}}
 
@@ -239,7 +242,8 @@ def bench_summarize(loaded, data_dir: Path, workdir: Path, quick: bool, n_words:
 
 FACTS = [
     ("The brass key to the Halvorsen vault was hidden by Captain Ollendorf beneath the ninth stair of the lighthouse.",
-     ["Where did Captain Ollendorf hide the brass key to the Halvorsen vault?", "Where was the key to the vault hidden?"],
+     ["Where did Captain Ollendorf hide the brass key to the Halvorsen vault?",
+      "Where was the key to the vault hidden?"],
      "ninth stair"),
     ("Professor Quillane measured the comet Vexa at exactly 4,218 miles across on the night of the storm.",
      ["How wide did Professor Quillane measure the comet Vexa?", "How many miles across was the comet?"],
@@ -318,7 +322,8 @@ def bench_cache(model_path: Path, data_dir: Path, workdir: Path, quick: bool, th
                    capture_output=True, check=True)
     runs = []
     for q in ("Who is Tembarom?", "What did Lord Chiltern say to Phineas?"):
-        cmd = [sys.executable, "-m", "infini_cli.cli", "ask", str(doc), q, "--json", "--quiet", "--model", str(model_path)]
+        cmd = [sys.executable, "-m", "infini_cli.cli", "ask", str(doc), q, "--json", "--quiet",
+               "--model", str(model_path)]
         if threads:
             cmd += ["--threads", str(threads)]
         t0 = time.perf_counter()
@@ -351,14 +356,16 @@ def print_report(res: dict) -> None:
                   f"{h['model']['top3']:.1%}")
     if "summarize" in res:
         s = res["summarize"]
-        print(f"\nsummarize: SQuALITY {s['split']}, {s['stories']} stories, {s['words']} words, ROUGE F1 (best of 4 refs)")
+        print(f"\nsummarize: SQuALITY {s['split']}, {s['stories']} stories, {s['words']} words, "
+              "ROUGE F1 (best of 4 refs)")
         print(f"{'system':48s} {'R-1':>7s} {'R-2':>7s} {'R-L':>7s}")
         for k, v in s["rows"].items():
             print(f"{k:48s} {v['rouge1']:7.2f} {v['rouge2']:7.2f} {v['rougeL']:7.2f}")
     if "long" in res:
         lg = res["long"]
         print(f"\nlong: {lg['novel']} ({lg['tokens']:,} tokens), a fact inserted at 10/50/90% depth")
-        print(f"  fact in top-3 evidence: named question {lg['top3_named']:.0%}, paraphrase {lg['top3_paraphrase']:.0%}; "
+        print(f"  fact in top-3 evidence: named question {lg['top3_named']:.0%}, "
+              f"paraphrase {lg['top3_paraphrase']:.0%}; "
               f"top-1: {lg['top1_named']:.0%} / {lg['top1_paraphrase']:.0%}")
         print(f"  first question (reads the novel) {lg['first_question_seconds']} s; second (cached) "
               f"{lg['cached_question_seconds']} s")
@@ -372,7 +379,8 @@ def print_report(res: dict) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="subsets: 3 articles, 8 stories, 1/8 of the novel, 100K tokens")
+    ap.add_argument("--quick", action="store_true",
+                    help="subsets: 3 articles, 8 stories, 1/8 of the novel, a 100K+ token cache test")
     ap.add_argument("--model", type=Path, default=None, help=f"checkpoint (default {DEFAULT_MODEL})")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     ap.add_argument("--threads", type=int, default=None)

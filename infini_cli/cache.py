@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional, Union
 
 if TYPE_CHECKING:
-    import torch
-
     from .checkpoint import LoadedModel
     from .memory import StreamState
     from .tasks.evidence import DocumentIndex, Passage

@@ -443,7 +443,7 @@ def _print_evidence(evidence: list[dict], title: str = "Evidence") -> None:
     out.print(t)
 
 
-def _print_footer(data: dict, mode_note: str) -> None:
+def _print_footer(data: dict) -> None:
     from .tasks.ask import MODE_NOTE
 
     parts = [MODE_NOTE.get(data["mode"], data["mode"]), f"{Path(data['document']).name}",
@@ -510,7 +510,7 @@ def ask(
         out.print(Text("no answer: no sentence of the document matches the question", style="yellow"), end="")
     out.print()
     _print_evidence(data["evidence"])
-    _print_footer(data, result.mode)
+    _print_footer(data)
 
 
 @app.command()
@@ -553,7 +553,7 @@ def summarize(
         out.print(Text("no summary: the document has no sentences to choose from", style="yellow"), end="")
     out.print()
     _print_evidence(data["evidence"], "Sentences and where they are")
-    _print_footer(data, result.mode)
+    _print_footer(data)
 
 
 # ----------------------------------------------------------------------------- cache

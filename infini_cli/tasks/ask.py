@@ -34,7 +34,8 @@ MAX_ANSWER_TOKENS = 96
 def check_question(question: str) -> str:
     q = " ".join(question.split())
     if not q:
-        raise InputError("the question is empty; pass it as the second argument, e.g. infini ask report.pdf \"Who signed it?\"")
+        raise InputError("the question is empty; pass it as the second argument, "
+                         "e.g. infini ask report.pdf \"Who signed it?\"")
     return q
 
 

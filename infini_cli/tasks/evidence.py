@@ -8,12 +8,16 @@ Scores (measured in benchmarks/bench_quality.py, numbers in the README):
 
 - ask, lexical: BM25 over stemmed, stop-word-free terms, plus shared term bigrams, plus an
   answer-type bonus (a "when" question wants a year or a month, "how many" a number, "who" a
-  capitalised name). Model: `question_gain` (the model's log-likelihood of the question with a
-  passage before it, minus without), kept only where it helped on held-out data.
+  capitalised name); a sentence that is itself a question counts half. Model: `question_gain`
+  (the model's log-likelihood of the question with a passage before it, minus without) for the
+  best few; with the bundled model it moved SQuAD top-1/top-3 by +0.1 point on held-out
+  articles (noise), so AskWeights.model is 0 by default.
 - summarize: a linear score over per-sentence features (centrality against the document's
   tf-idf centroid, main characters' names, position, dialogue, first person ...), weights fitted
   by least squares on SQuALITY train+dev against each sentence's overlap with the reference
-  summaries; then a greedy, redundancy-aware selection up to the word budget.
+  summaries; then a greedy, redundancy-aware selection up to the word budget. The model's
+  `memory_gain` (likelihood with the document memory minus without) did not help on SQuALITY
+  dev and is off by default (summarize.MODEL_WEIGHT).
 """
 
 from __future__ import annotations
@@ -29,8 +33,6 @@ from .lexical import STOPWORDS, DocumentStats, stem, terms, words
 from .sentences import Sentence, SentenceSplitter
 
 if TYPE_CHECKING:
-    import torch
-
     from ..checkpoint import LoadedModel
     from ..incremental import TokenChunk
     from ..memory import StreamState
@@ -400,7 +402,8 @@ def summary_features(p: Passage, cen: float, max_cen: float, n_sentences: int, m
     pos = p.index / max(1, n_sentences - 1)
     tset = set(p.terms)
     inter = len(tset & main_names)
-    return [1.0, cen / max_cen if max_cen > 0 else 0.0, pos, pos * pos, math.log(nw + 1), float(bool(_QUOTE.search(text))),
+    return [1.0, cen / max_cen if max_cen > 0 else 0.0, pos, pos * pos, math.log(nw + 1),
+            float(bool(_QUOTE.search(text))),
             min(3, inter) / 3, float(bool(_PRONOUN_START.match(text.lower()))), float("i" in wl),
             float(text.rstrip().endswith("?")), float(text.rstrip().endswith("!")),
             sum(1 for x in wl if x in STOPWORDS) / max(1, len(wl)), float(inter > 0),
