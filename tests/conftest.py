@@ -68,3 +68,11 @@ def assert_one_line_error(result, code, *words):
     assert text.startswith("error:")
     for w in words:
         assert w in text, text
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    """Every test gets its own document cache, never the user's."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv("INFINI_CACHE_DIR", str(d))
+    return d

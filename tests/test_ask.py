@@ -35,13 +35,6 @@ def document(n_filler: int = 40, answer_at: int = 25) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    d = tmp_path / "cache"
-    monkeypatch.setenv("INFINI_CACHE_DIR", str(d))
-    return d
-
-
 def run(*args, input=None):
     return runner.invoke(app, list(map(str, args)), input=input)
 

@@ -22,13 +22,6 @@ from .test_ask import ANSWER, document
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    d = tmp_path / "cache"
-    monkeypatch.setenv("INFINI_CACHE_DIR", str(d))
-    return d
-
-
 def run(*args, input=None):
     return runner.invoke(app, list(map(str, args)), input=input)
 
