@@ -282,9 +282,9 @@ def bench_long(loaded, data_dir: Path, workdir: Path, quick: bool, novel: str) -
                 wall = time.perf_counter() - t0
                 ranks = [i for i, e in enumerate(res.evidence) if needle in e.text]
                 trials.append({"fact": fi, "depth": depth, "question": q, "paraphrase": qi == 1,
-                               "top1": bool(ranks and ranks[0] == 0), "top3": bool(ranks), "cached": res.cached,
-                               "seconds": round(wall, 3), "tokens": res.tokens})
-                log(f"long: fact {fi} depth {depth:.0%} q{qi} top3={bool(ranks)} cached={res.cached} {wall:.1f}s")
+                               "top1": bool(ranks and ranks[0] == 0), "top3": bool(ranks), "cached": res.facts.cached,
+                               "seconds": round(wall, 3), "tokens": res.facts.tokens})
+                log(f"long: fact {fi} depth {depth:.0%} q{qi} top3={bool(ranks)} cached={res.facts.cached} {wall:.1f}s")
     tokens = trials[0]["tokens"] if trials else 0
 
     def share(rows, key):

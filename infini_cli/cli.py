@@ -464,6 +464,20 @@ def _stream_printer() -> Callable[[str], None]:
     return show
 
 
+def _report(data: dict, warnings: list[str], as_json: bool, has_text: bool, empty_note: str,
+            evidence_title: str = "Evidence") -> None:
+    """After ask/summarize streamed their text: warnings, then JSON or the evidence and footer."""
+    _warn_all(warnings)
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    if not has_text:
+        out.print(Text(empty_note, style="yellow"), end="")
+    out.print()
+    _print_evidence(data["evidence"], evidence_title)
+    _print_footer(data)
+
+
 @app.command()
 @handles_errors
 def ask(
@@ -501,16 +515,8 @@ def ask(
     show = None if as_json else _stream_printer()
     result = ask_task.ask(loaded, doc, question, top_k=top_k, use_cache=not no_cache, quiet=quiet, console=err,
                           on_text=show)
-    _warn_all(result.warnings)
-    data = result.as_dict()
-    if as_json:
-        out.print_json(json.dumps(data))
-        return
-    if not result.answer:
-        out.print(Text("no answer: no sentence of the document matches the question", style="yellow"), end="")
-    out.print()
-    _print_evidence(data["evidence"])
-    _print_footer(data)
+    _report(result.as_dict(), result.warnings, as_json, bool(result.answer),
+            "no answer: no sentence of the document matches the question")
 
 
 @app.command()
@@ -544,16 +550,8 @@ def summarize(
     doc, loaded = _open_then_load(file, password, model, device, threads)
     show = None if as_json else _stream_printer()
     result = summ.summarize(loaded, doc, budget, use_cache=not no_cache, quiet=quiet, console=err, on_text=show)
-    _warn_all(result.warnings)
-    data = result.as_dict()
-    if as_json:
-        out.print_json(json.dumps(data))
-        return
-    if not result.summary:
-        out.print(Text("no summary: the document has no sentences to choose from", style="yellow"), end="")
-    out.print()
-    _print_evidence(data["evidence"], "Sentences and where they are")
-    _print_footer(data)
+    _report(result.as_dict(), result.warnings, as_json, bool(result.summary),
+            "no summary: the document has no sentences to choose from", "Sentences and where they are")
 
 
 # ----------------------------------------------------------------------------- cache

@@ -48,6 +48,12 @@ class TrainConfig:
     text_segments: int = 4
     batch_passkey: int = 16
     passkey_segments: int = 6          # longest real passkey prompt, in segments
+    passkey_segments_start: int = 0    # curriculum: longest prompt at step 0 (0: no curriculum)
+    length_ramp: int = 0               # steps over which prompts grow to passkey_segments
+    multi_query_prob: float = 0.0      # share of prompts that ask the question again after more haystack
+    passkey_lm_weight: float = 0.0     # LM loss on the whole passkey prompt (dense copy signal)
+    init_from: Optional[str] = None    # start a fresh run from this float checkpoint's weights
+    reset_gates: bool = False          # with init_from: gates back to their initial value (mostly local)
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     gate_lr_mult: float = 10.0
@@ -75,6 +81,13 @@ def load_or_train_tokenizer(cfg: TrainConfig, vocab_size: int, log: Callable[[st
     path = Path(cfg.out_dir) / "tokenizer.json"
     if path.exists():
         return TextTokenizer.from_json(path.read_text())
+    if cfg.init_from:
+        # a run that continues a model must speak its tokenizer
+        from .checkpoint import read_header
+
+        tok = TextTokenizer.from_json(read_header(cfg.init_from).tokenizer_json)
+        path.write_text(tok.to_json())
+        return tok
     log(f"training a {vocab_size}-token byte-level BPE tokenizer on {cfg.data_dir}")
 
     def sample():
@@ -119,6 +132,8 @@ class PasskeySampler:
         self.standard = PasskeyPromptBuilder(tok, Haystack.standard(tok))
         self.book_paths = book_paths
         self._book_text: dict[str, str] = {}
+        # every 5-digit key tokenizes to the same number of tokens (one per digit)
+        self.answer_len = len(tok.encode(" 12345"))
 
     def _book_builder(self, rng: random.Random) -> PasskeyPromptBuilder:
         path = rng.choice(self.book_paths)
@@ -136,45 +151,77 @@ class PasskeySampler:
         frac = min(1.0, (step - c.amplify_start) / max(1, c.amplify_ramp))
         return math.exp(frac * math.log(c.amplify_max))
 
+    def max_segments(self, step: int) -> int:
+        """Longest prompt at this step: grows from passkey_segments_start over length_ramp steps."""
+        c = self.cfg
+        if c.passkey_segments_start <= 0 or c.length_ramp <= 0:
+            return c.passkey_segments
+        frac = min(1.0, step / c.length_ramp)
+        return round(c.passkey_segments_start + frac * (c.passkey_segments - c.passkey_segments_start))
+
+    def _prompt(self, rng: random.Random, builder: PasskeyPromptBuilder, N: int, S: int):
+        """One prompt of at most N tokens: ids, spans never amplified, and (position, target) pairs.
+
+        A multi-query prompt asks again after more haystack, so one sequence gives several
+        retrievals from memory at different distances (the key may then also be read back
+        from an earlier answer, which is retrieval all the same).
+        """
+        answer = self.tok.encode(" " + (key := random_key(rng)))
+        multi = rng.random() < self.cfg.multi_query_prob
+        room = N - len(answer)
+        lo = builder.overhead() + 8
+        target_len = rng.randint(lo, max(lo, room // 2)) if multi else rng.randint(max(lo, room - S), room)
+        plan = builder.plan(target_len, rng.random())
+        while plan.total_tokens > room:  # rounding overshoot: ask for less haystack
+            target_len -= plan.total_tokens - room + 4
+            plan = builder.plan(target_len, plan.depth)
+        ids = builder.build(plan, key) + answer
+        protected = [(0, len(builder.task_ids) + 1), (plan.key_start, plan.key_start + plan.key_len),
+                     (plan.question_start, len(ids))]
+        targets = [(plan.total_tokens - 1 + j, a) for j, a in enumerate(answer)]
+        hay = builder.haystack
+        while multi:
+            n = rng.randint(0, max(1, hay.sentences_within(2 * S)))
+            start = rng.randrange(len(hay.sentences))
+            filler = [t for chunk in hay.iter_chunks(start, n) for t in chunk]
+            head = builder.nl_ids + filler + builder.nl_ids + builder.question_ids
+            if len(ids) + len(head) + len(answer) > N:
+                break
+            q_end = len(ids) + len(head)
+            protected.append((q_end - len(builder.question_ids), q_end + len(answer)))
+            targets += [(q_end - 1 + j, a) for j, a in enumerate(answer)]
+            ids = ids + head + answer
+        n_real = len(ids)
+        return ids + [self.tok.pad_id] * (N - n_real), protected, targets, n_real
+
     def batch(self, rng: random.Random, step: int):
-        """Returns tokens [B, N], write weights [B, N/S], loss positions and targets."""
+        """Returns tokens [B, N], write weights [B, N/S], answer positions and targets, real lengths [B]."""
         S = self.mcfg.segment_len
         # the shortest prompt (task line, key line, question, answer) must fit
         min_seg = -(-(self.standard.overhead() + 8 + 6) // S)
-        n_seg = rng.randint(min_seg, max(min_seg, self.cfg.passkey_segments))
+        n_seg = rng.randint(min_seg, max(min_seg, self.max_segments(step)))
         N = n_seg * S
         wmax = self.max_weight(step)
-        seqs, weights, pos, tgt = [], [], [], []
+        seqs, weights, pos, tgt, lengths = [], [], [], [], []
         for b in range(self.cfg.batch_passkey):
             builder = self._book_builder(rng) if rng.random() < self.cfg.book_haystack_prob else self.standard
-            answer = self.tok.encode(" " + (key := random_key(rng)))
-            room = N - len(answer)
-            target_len = rng.randint(max(builder.overhead() + 8, room - S), room)
-            depth = rng.random()
-            plan = builder.plan(target_len, depth)
-            while plan.total_tokens > room:  # rounding overshoot: ask for less haystack
-                target_len -= plan.total_tokens - room + 4
-                plan = builder.plan(target_len, depth)
-            ids = builder.build(plan, key) + answer
-            ids = ids + [self.tok.pad_id] * (N - len(ids))
-            seqs.append(ids[:N])
-            q_end = plan.total_tokens
-            for j in range(len(answer)):
-                pos.append((b, q_end - 1 + j))
-                tgt.append(answer[j])
+            ids, protected, targets, n_real = self._prompt(rng, builder, N, S)
+            seqs.append(ids)
+            lengths.append(n_real)
+            for p, t in targets:
+                pos.append((b, p))
+                tgt.append(t)
             # segments holding nothing but haystack may stand for a much longer haystack
             w = []
             amp = wmax > 1 and rng.random() < self.cfg.amplify_prob
             base = math.exp(rng.uniform(0, math.log(wmax))) if amp else 1.0
-            protected = [(0, len(builder.task_ids) + 1), (plan.key_start, plan.key_start + plan.key_len),
-                         (plan.question_start, N)]
             for i in range(n_seg):
                 lo, hi = i * S, (i + 1) * S
                 pure = all(hi <= a or lo >= e for a, e in protected)
                 w.append(base * rng.uniform(0.5, 1.5) if (pure and amp) else 1.0)
             weights.append(w)
         return (torch.tensor(seqs), torch.tensor(weights, dtype=torch.float32),
-                torch.tensor(pos), torch.tensor(tgt))
+                torch.tensor(pos), torch.tensor(tgt), torch.tensor(lengths))
 
 
 # ----------------------------------------------------------------------------- optimisation
@@ -237,6 +284,24 @@ def load_train_state(path: Path, model: InfiniTransformer, opt: torch.optim.Adam
     return int(meta["step"]), json.loads(meta.get("record", "{}"))
 
 
+def _init_weights_from(model: InfiniTransformer, path: Path, tok: TextTokenizer, reset_gates: bool) -> None:
+    """Copy a float checkpoint's weights into a fresh run (a new stage of a curriculum).
+
+    reset_gates: a layer whose gates settled on memory has all but switched its local
+    attention off, and a nearly closed gate gets almost no gradient; resetting them lets a
+    new skill (in-context copying) form in local attention and be moved into memory.
+    """
+    from .checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(path, dtype=torch.float32)
+    if loaded.header.config != model.config:
+        raise ValueError(f"{path}: its model config differs from this run's preset")
+    weights = loaded.model.state_dict()
+    if reset_gates:
+        weights = {k: torch.full_like(v, model.config.gate_init) if k.endswith("gate") else v for k, v in weights.items()}
+    model.load_state_dict(weights)
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
@@ -278,6 +343,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, stop: Optional[C
     books, book_paths = load_or_tokenize_books(cfg, tok, log)
     torch.manual_seed(cfg.seed)
     model = InfiniTransformer(mcfg).init_weights(cfg.seed).to(device)
+    if cfg.init_from:
+        _init_weights_from(model, Path(cfg.init_from), tok, cfg.reset_gates)
     opt = build_optimizer(model, cfg)
     state_path = out / "train_state.safetensors"
     step, record = 0, {"tokens_seen": 0, "seconds": 0.0, "evals": []}
@@ -326,12 +393,17 @@ def _train_loop(cfg, model, opt, step, record, sampler, eval_builder, tok, books
         h = train_forward(model, window[:, :-1])
         loss_text = F.cross_entropy(model.hidden_to_logits(h).flatten(0, 1), window[:, 1:].flatten())
 
-        toks, weights, pos, tgt = (t.to(device) for t in sampler.batch(rng, step))
+        toks, weights, pos, tgt, lengths = (t.to(device) for t in sampler.batch(rng, step))
         h = train_forward(model, toks, weights)
         logits = model.hidden_to_logits(h[pos[:, 0], pos[:, 1]])
         loss_pk = F.cross_entropy(logits, tgt)
-        n_ans = len(tgt) // cfg.batch_passkey
-        exact = (logits.argmax(-1) == tgt).view(cfg.batch_passkey, n_ans).all(-1).float().mean().item()
+        exact = (logits.argmax(-1) == tgt).view(-1, sampler.answer_len).all(-1).float().mean().item()
+        if cfg.passkey_lm_weight > 0:
+            # every real next token of the prompt: the key line's repeat and the answers are
+            # copies, so this is dense copy signal on top of the answer loss
+            real = torch.arange(toks.shape[1] - 1, device=device)[None, :] < (lengths[:, None] - 1)
+            lm_logits = model.hidden_to_logits(h[:, :-1][real])
+            loss_pk = loss_pk + cfg.passkey_lm_weight * F.cross_entropy(lm_logits, toks[:, 1:][real])
 
         loss = loss_text + cfg.passkey_loss_weight * loss_pk
         opt.zero_grad(set_to_none=True)

@@ -71,3 +71,50 @@ def test_train_command_exports_int8(tmp_path, books):
 def test_missing_data_folder_is_a_clean_error(tmp_path):
     r = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "nowhere" in r.output and "Traceback" not in r.output
+
+
+def test_multi_query_prompts_ask_again_and_every_target_is_the_key(tokenizer, books):
+    import random
+
+    from infini_cli.tasks.passkey_prompt import QUESTION
+    from infini_cli.train import PasskeySampler
+    from tests.conftest import tiny_config
+
+    cfg = TrainConfig(batch_passkey=4, passkey_segments=16, multi_query_prob=1.0, book_haystack_prob=0.5)
+    sampler = PasskeySampler(cfg, tiny_config(tokenizer), tokenizer, [str(p) for p in books.glob("*.txt")])
+    toks, weights, pos, tgt, lengths = sampler.batch(random.Random(0), step=0)
+    assert toks.shape[1] % 16 == 0 and weights.shape == (4, toks.shape[1] // 16)
+    q = tokenizer.encode(QUESTION)
+    groups = pos.view(-1, sampler.answer_len, 2)
+    assert len(groups) > 4  # several questions per prompt
+    for g, t in zip(groups, tgt.view(-1, sampler.answer_len)):
+        b, first = int(g[0, 0]), int(g[0, 1])
+        # teacher forcing: the target at p is the token at p + 1, right after the question
+        assert toks[b, g[:, 1] + 1].tolist() == t.tolist()
+        assert toks[b, first - len(q) + 1:first + 1].tolist() == q
+        key = tokenizer.decode(t.tolist()).strip()
+        assert len(key) == 5 and key.isdigit() and key in tokenizer.decode(toks[b, :first].tolist())
+        assert first + sampler.answer_len <= int(lengths[b])
+
+
+def test_prompt_length_grows_over_the_curriculum(tokenizer, books):
+    from infini_cli.train import PasskeySampler
+    from tests.conftest import tiny_config
+
+    cfg = TrainConfig(passkey_segments=8, passkey_segments_start=2, length_ramp=100)
+    sampler = PasskeySampler(cfg, tiny_config(tokenizer), tokenizer, [str(books / "book0.txt")])
+    assert [sampler.max_segments(s) for s in (0, 50, 100, 1000)] == [2, 5, 8, 8]
+
+
+def test_a_new_stage_starts_from_a_checkpoint_with_gates_optionally_reset(tmp_path, books):
+    first = train(tiny_run(tmp_path, books, 2, "stage1"), log=lambda s: None)
+    for reset in (False, True):
+        cfg = tiny_run(tmp_path, books, 0, f"stage2-{reset}")
+        cfg.init_from, cfg.reset_gates = str(first), reset
+        second = train(cfg, log=lambda s: None)
+        a, b = params(first), params(second)
+        for k in a:
+            if reset and k.endswith("gate"):
+                assert torch.all(b[k] == preset("tiny").gate_init)
+            else:
+                torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)

@@ -21,7 +21,7 @@ from ..errors import InputError
 from ..memory import StreamState
 from ..readers import Document
 from .evidence import AskPool, AskWeights, DocumentIndex, Passage, QuestionScorer, rank_for_question
-from .reading import generates_answers, read_or_load
+from .reading import RunFacts, generates_answers, read_or_load
 
 EXTRACTIVE = "extractive"
 GENERATED = "generated"
@@ -45,22 +45,13 @@ class AskResult:
     answer: str
     mode: str
     evidence: list[Passage]
-    document: str
-    tokens: int
-    pages: Optional[int]
-    seconds: float
-    read_seconds: float
-    cached: bool
-    model: str
-    device: str
+    facts: RunFacts
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"question": self.question, "answer": self.answer, "mode": self.mode,
-                "evidence": [p.evidence() for p in self.evidence], "document": self.document,
-                "tokens": self.tokens, "pages": self.pages, "seconds": round(self.seconds, 3),
-                "read_seconds": round(self.read_seconds, 3), "cached": self.cached, "model": self.model,
-                "device": self.device, "warnings": self.warnings}
+                "evidence": [p.evidence() for p in self.evidence], **self.facts.as_dict(),
+                "warnings": self.warnings}
 
 
 def generate_answer(loaded: LoadedModel, state: StreamState, evidence: list[Passage], question: str,
@@ -109,8 +100,6 @@ def ask(
     weights: AskWeights = DEFAULT_WEIGHTS,
     cache_root=None,
 ) -> AskResult:
-    from ..device import describe
-
     started = time.perf_counter()
     question = check_question(question)
     if top_k < 1:
@@ -129,6 +118,4 @@ def ask(
             warnings.append("no sentence of the document shares a content word with the question")
         if on_text is not None and answer:
             on_text(answer)
-    return AskResult(question, answer, mode, evidence, read.name, read.tokens, read.pages,
-                     time.perf_counter() - started, read.read_seconds, read.cached, str(loaded.header.path),
-                     describe(loaded.device), warnings)
+    return AskResult(question, answer, mode, evidence, RunFacts.of(read, loaded, started), warnings)

@@ -38,6 +38,32 @@ class ReadResult:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass
+class RunFacts:
+    """What every reading task reports about the document and the run (the shared JSON fields)."""
+
+    document: str
+    tokens: int
+    pages: Optional[int]
+    seconds: float
+    read_seconds: float
+    cached: bool
+    model: str
+    device: str
+
+    @classmethod
+    def of(cls, read: ReadResult, loaded: LoadedModel, started: float) -> "RunFacts":
+        from ..device import describe
+
+        return cls(read.name, read.tokens, read.pages, time.perf_counter() - started, read.read_seconds,
+                   read.cached, str(loaded.header.path), describe(loaded.device))
+
+    def as_dict(self) -> dict:
+        return {"document": self.document, "tokens": self.tokens, "pages": self.pages,
+                "seconds": round(self.seconds, 3), "read_seconds": round(self.read_seconds, 3),
+                "cached": self.cached, "model": self.model, "device": self.device}
+
+
 def generates_answers(loaded: LoadedModel) -> bool:
     """The checkpoint's capability flag: training metadata `"generates_answers": true`."""
     return loaded.header.training.get("generates_answers") is True

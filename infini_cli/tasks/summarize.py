@@ -22,7 +22,7 @@ from ..memory import StreamState
 from ..readers import Document
 from .ask import EXTRACTIVE, GENERATED
 from .evidence import Budget, DocumentIndex, Passage, SummaryPool, fit_budget, memory_gain, select_summary
-from .reading import generates_answers, read_or_load
+from .reading import RunFacts, generates_answers, read_or_load
 
 # Weight of the model's memory gain (nats per token) added to the sentence score; measured on
 # SQuALITY dev (README, "Quality"), 0 = not used.
@@ -47,24 +47,15 @@ class SummaryResult:
     summary: str
     mode: str
     evidence: list[Passage]
-    document: str
-    tokens: int
-    pages: Optional[int]
-    seconds: float
-    read_seconds: float
-    cached: bool
-    model: str
-    device: str
+    facts: RunFacts
     budget: Budget
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"summary": self.summary, "mode": self.mode, "evidence": [p.evidence() for p in self.evidence],
-                "document": self.document, "words": len(self.summary.replace(" …", "").split()),
+                "words": len(self.summary.replace(" …", "").split()),
                 "budget": {"words": self.budget.words, "sentences": self.budget.sentences},
-                "tokens": self.tokens, "pages": self.pages, "seconds": round(self.seconds, 3),
-                "read_seconds": round(self.read_seconds, 3), "cached": self.cached, "model": self.model,
-                "device": self.device, "warnings": self.warnings}
+                **self.facts.as_dict(), "warnings": self.warnings}
 
 
 def choose(pool: SummaryPool, index: DocumentIndex, budget: Budget, loaded: Optional[LoadedModel] = None,
@@ -117,8 +108,6 @@ def summarize(
     cache_root=None,
     model_weight: float = MODEL_WEIGHT,
 ) -> SummaryResult:
-    from ..device import describe
-
     started = time.perf_counter()
     pool = SummaryPool()
     read = read_or_load(loaded, doc, [pool.add], use_cache, quiet, console, cache_root)
@@ -134,6 +123,4 @@ def summarize(
         text, chosen = fit_budget(chosen, budget)
         if on_text is not None and text:
             on_text(text)
-    return SummaryResult(text, mode, chosen, read.name, read.tokens, read.pages, time.perf_counter() - started,
-                         read.read_seconds, read.cached, str(loaded.header.path), describe(loaded.device), budget,
-                         warnings)
+    return SummaryResult(text, mode, chosen, RunFacts.of(read, loaded, started), budget, warnings)
