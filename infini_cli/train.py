@@ -52,6 +52,9 @@ class TrainConfig:
     length_ramp: int = 0               # steps over which prompts grow to passkey_segments
     multi_query_prob: float = 0.0      # share of prompts that ask the question again after more haystack
     passkey_lm_weight: float = 0.0     # LM loss on the whole passkey prompt (dense copy signal)
+    batch_copy: int = 0                # sequences of the copy task per step (0: off)
+    copy_segments: int = 4             # their length, in segments
+    copy_weight: float = 1.0
     init_from: Optional[str] = None    # start a fresh run from this float checkpoint's weights
     reset_gates: bool = False          # with init_from: gates back to their initial value (mostly local)
     lr: float = 2e-3
@@ -193,6 +196,45 @@ class PasskeySampler:
             ids = ids + head + answer
         n_real = len(ids)
         return ids + [self.tok.pad_id] * (N - n_real), protected, targets, n_real
+
+    def copy_batch(self, rng: random.Random):
+        """Digit strings said again after some haystack: dense training for ordered recall.
+
+        A passkey is five digit tokens, so answering it is five chained lookups: each digit
+        must be found from the one before it (induction), not just "the digits near the key"
+        (which is all the answer loss alone taught the first model). Here every digit of the
+        repeat but its first is a target, the repeat sits in the same segment or several
+        segments later (so in local attention or in memory), and strings run to ~20 digits,
+        so a digit's predecessor alone is ambiguous and the model must use the position too.
+        Returns tokens [B, N], target positions and targets.
+        """
+        S = self.mcfg.segment_len
+        N = self.cfg.copy_segments * S
+        seqs, pos, tgt = [], [], []
+        for b in range(self.cfg.batch_copy):
+            builder = self._book_builder(rng) if rng.random() < self.cfg.book_haystack_prob else self.standard
+            hay = builder.haystack
+            ids: list[int] = []
+            while True:
+                digits = self.tok.encode(" " + "".join(rng.choice("0123456789") for _ in range(rng.randint(5, 20))))
+                room = N - len(ids) - 2 * len(digits)
+                if room < 0:
+                    break
+                # half the gaps stay within about a segment (local attention), half reach further back
+                gap = rng.randint(0, min(room, S) if rng.random() < 0.5 else room)
+                filler: list[int] = []
+                for chunk in hay.iter_chunks(rng.randrange(len(hay.sentences)), 10 ** 6):
+                    if len(filler) + len(chunk) > gap:
+                        break
+                    filler += chunk
+                first = len(ids) + len(digits) + len(filler)
+                # predict digit j+1 from the repeat's digit j (the leading space and first digit are free)
+                for j in range(1, len(digits) - 1):
+                    pos.append((b, first + j))
+                    tgt.append(digits[j + 1])
+                ids += digits + filler + digits
+            seqs.append(ids + [self.tok.pad_id] * (N - len(ids)))
+        return torch.tensor(seqs), torch.tensor(pos), torch.tensor(tgt)
 
     def batch(self, rng: random.Random, step: int):
         """Returns tokens [B, N], write weights [B, N/S], answer positions and targets, real lengths [B]."""
@@ -406,6 +448,16 @@ def _train_loop(cfg, model, opt, step, record, sampler, eval_builder, tok, books
             loss_pk = loss_pk + cfg.passkey_lm_weight * F.cross_entropy(lm_logits, toks[:, 1:][real])
 
         loss = loss_text + cfg.passkey_loss_weight * loss_pk
+        copy_acc = None
+        if cfg.batch_copy > 0:
+            ctoks, cpos, ctgt = (t.to(device) for t in sampler.copy_batch(rng))
+            hc = train_forward(model, ctoks)
+            clogits = model.hidden_to_logits(hc[cpos[:, 0], cpos[:, 1]])
+            loss = loss + cfg.copy_weight * F.cross_entropy(clogits, ctgt)
+            copy_acc = (clogits.argmax(-1) == ctgt).float().mean().item()
+            n_copy = ctoks.numel()
+        else:
+            n_copy = 0
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip).item()
@@ -413,11 +465,11 @@ def _train_loop(cfg, model, opt, step, record, sampler, eval_builder, tok, books
         step += 1
         record["steps_done"] = step
         now = time.time()
-        n_tok = window.numel() + toks.numel()
+        n_tok = window.numel() + toks.numel() + n_copy
         record["tokens_seen"] += n_tok
         record["seconds"] += now - t_last
         row = {"step": step, "loss_text": round(loss_text.item(), 4), "loss_passkey": round(loss_pk.item(), 4),
-               "passkey_exact": round(exact, 3), "lr": lr, "grad_norm": round(gnorm, 3),
+               "passkey_exact": round(exact, 3), "copy_acc": copy_acc and round(copy_acc, 3), "lr": lr, "grad_norm": round(gnorm, 3),
                "max_weight": round(sampler.max_weight(step), 1), "tok_s": round(n_tok / (now - t_last)),
                "gates": [round(x, 3) for x in model.gates().mean(1).tolist()]}
         t_last = now

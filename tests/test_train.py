@@ -118,3 +118,28 @@ def test_a_new_stage_starts_from_a_checkpoint_with_gates_optionally_reset(tmp_pa
                 assert torch.all(b[k] == preset("tiny").gate_init)
             else:
                 torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_copy_task_targets_are_digits_said_before(tokenizer, books):
+    import random
+
+    from infini_cli.train import PasskeySampler
+    from tests.conftest import tiny_config
+
+    cfg = TrainConfig(batch_copy=3, copy_segments=8)
+    sampler = PasskeySampler(cfg, tiny_config(tokenizer), tokenizer, [str(p) for p in books.glob("*.txt")])
+    toks, pos, tgt = sampler.copy_batch(random.Random(1))
+    assert toks.shape == (3, 128) and len(tgt) > 0
+    for (b, p), t in zip(pos.tolist(), tgt.tolist()):
+        assert toks[b, p + 1].item() == t and tokenizer.decode([t]).isdigit()
+        # the digit and the one before it appeared in the same order earlier in the sequence
+        earlier = toks[b, :p].tolist()
+        assert any(earlier[i:i + 2] == [toks[b, p].item(), t] for i in range(len(earlier) - 1))
+
+
+def test_a_run_with_every_task_trains(tmp_path, books):
+    cfg = tiny_run(tmp_path, books, 2, "all")
+    cfg.batch_copy, cfg.multi_query_prob, cfg.passkey_lm_weight = 2, 0.5, 0.3
+    train(cfg, log=lambda s: None)
+    rows = [json.loads(x) for x in (tmp_path / "all" / "log.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["copy_acc"] <= 1.0 for r in rows)
