@@ -55,6 +55,9 @@ class TrainConfig:
     batch_copy: int = 0                # sequences of the copy task per step (0: off)
     copy_segments: int = 4             # their length, in segments
     copy_weight: float = 1.0
+    copy_local_start: float = 0.5      # share of copies kept inside one segment at step 0 ...
+    copy_local_end: float = 0.5        # ... and after copy_local_ramp steps (local copying comes first)
+    copy_local_ramp: int = 0
     init_from: Optional[str] = None    # start a fresh run from this float checkpoint's weights
     reset_gates: bool = False          # with init_from: gates back to their initial value (mostly local)
     lr: float = 2e-3
@@ -197,7 +200,12 @@ class PasskeySampler:
         n_real = len(ids)
         return ids + [self.tok.pad_id] * (N - n_real), protected, targets, n_real
 
-    def copy_batch(self, rng: random.Random):
+    def copy_local_share(self, step: int) -> float:
+        c = self.cfg
+        frac = min(1.0, step / c.copy_local_ramp) if c.copy_local_ramp > 0 else 1.0
+        return c.copy_local_start + frac * (c.copy_local_end - c.copy_local_start)
+
+    def copy_batch(self, rng: random.Random, step: int = 0):
         """Digit strings said again after some haystack: dense training for ordered recall.
 
         A passkey is five digit tokens, so answering it is five chained lookups: each digit
@@ -217,11 +225,16 @@ class PasskeySampler:
             ids: list[int] = []
             while True:
                 digits = self.tok.encode(" " + "".join(rng.choice("0123456789") for _ in range(rng.randint(5, 20))))
+                local = rng.random() < self.copy_local_share(step) and 2 * len(digits) <= S
+                if local and (len(ids) % S) + 2 * len(digits) > S:
+                    # start the pair at the next segment boundary so both copies share a segment
+                    pad = S - len(ids) % S
+                    ids += [t for chunk in hay.iter_chunks(rng.randrange(len(hay.sentences)), pad) for t in chunk][:pad]
                 room = N - len(ids) - 2 * len(digits)
                 if room < 0:
                     break
-                # half the gaps stay within about a segment (local attention), half reach further back
-                gap = rng.randint(0, min(room, S) if rng.random() < 0.5 else room)
+                # a local pair stays inside the current segment; the others reach back anywhere
+                gap = rng.randint(0, S - (len(ids) % S) - 2 * len(digits) if local else room)
                 filler: list[int] = []
                 for chunk in hay.iter_chunks(rng.randrange(len(hay.sentences)), 10 ** 6):
                     if len(filler) + len(chunk) > gap:
@@ -450,7 +463,7 @@ def _train_loop(cfg, model, opt, step, record, sampler, eval_builder, tok, books
         loss = loss_text + cfg.passkey_loss_weight * loss_pk
         copy_acc = None
         if cfg.batch_copy > 0:
-            ctoks, cpos, ctgt = (t.to(device) for t in sampler.copy_batch(rng))
+            ctoks, cpos, ctgt = (t.to(device) for t in sampler.copy_batch(rng, step))
             hc = train_forward(model, ctoks)
             clogits = model.hidden_to_logits(hc[cpos[:, 0], cpos[:, 1]])
             loss = loss + cfg.copy_weight * F.cross_entropy(clogits, ctgt)

@@ -126,10 +126,15 @@ def test_copy_task_targets_are_digits_said_before(tokenizer, books):
     from infini_cli.train import PasskeySampler
     from tests.conftest import tiny_config
 
-    cfg = TrainConfig(batch_copy=3, copy_segments=8)
-    sampler = PasskeySampler(cfg, tiny_config(tokenizer), tokenizer, [str(p) for p in books.glob("*.txt")])
-    toks, pos, tgt = sampler.copy_batch(random.Random(1))
-    assert toks.shape == (3, 128) and len(tgt) > 0
+    cfg = TrainConfig(batch_copy=3, copy_segments=8, copy_local_start=1.0, copy_local_end=0.0, copy_local_ramp=10)
+    sampler = PasskeySampler(cfg, tiny_config(tokenizer, segment_len=48), tokenizer,
+                             [str(p) for p in books.glob("*.txt")])
+    toks, pos, tgt = sampler.copy_batch(random.Random(1), step=0)
+    assert toks.shape == (3, 384) and len(tgt) > 0
+    # at the start of the curriculum both copies of a string share a segment
+    for (b, p) in pos.tolist():
+        seg = toks[b, (p // 48) * 48:p].tolist()
+        assert any(seg[i:i + 2] == [toks[b, p].item(), toks[b, p + 1].item()] for i in range(len(seg) - 1))
     for (b, p), t in zip(pos.tolist(), tgt.tolist()):
         assert toks[b, p + 1].item() == t and tokenizer.decode([t]).isdigit()
         # the digit and the one before it appeared in the same order earlier in the sequence
