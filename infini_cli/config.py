@@ -78,8 +78,10 @@ PRESETS: dict[str, ModelConfig] = {
                         ffn_dim=64, segment_len=16),
     "tiny-delta": ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                               ffn_dim=64, segment_len=16, memory_rule="delta"),
-    # The bundled checkpoint: small enough to train on two CPU cores.
+    # The first bundled checkpoint: small enough to train on two CPU cores.
     "small": ModelConfig(),
+    # Half the width: three times the training steps a CPU hour, for the retrieval curriculum.
+    "mini": ModelConfig(d_model=128, ffn_dim=384),
     # A larger model for a GPU.
     "base": ModelConfig(vocab_size=8192, d_model=512, n_layers=8, n_heads=8, n_kv_heads=4,
                         ffn_dim=1536, segment_len=256),

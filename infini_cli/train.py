@@ -83,6 +83,8 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------- data
 
+ANSWER = " {k}."   # what follows the question in training prompts
+
 def load_or_train_tokenizer(cfg: TrainConfig, vocab_size: int, log: Callable[[str], None]) -> TextTokenizer:
     path = Path(cfg.out_dir) / "tokenizer.json"
     if path.exists():
@@ -138,8 +140,10 @@ class PasskeySampler:
         self.standard = PasskeyPromptBuilder(tok, Haystack.standard(tok))
         self.book_paths = book_paths
         self._book_text: dict[str, str] = {}
-        # every 5-digit key tokenizes to the same number of tokens (one per digit)
-        self.answer_len = len(tok.encode(" 12345"))
+        # every answer tokenizes to the same number of tokens (one per digit). The full stop is
+        # a target too: a model that was never shown where the key ends keeps writing digits,
+        # and the first integer of " 4785521" is not 47852.
+        self.answer_len = len(tok.encode(ANSWER.format(k="12345")))
 
     def _book_builder(self, rng: random.Random) -> PasskeyPromptBuilder:
         path = rng.choice(self.book_paths)
@@ -172,7 +176,7 @@ class PasskeySampler:
         retrievals from memory at different distances (the key may then also be read back
         from an earlier answer, which is retrieval all the same).
         """
-        answer = self.tok.encode(" " + (key := random_key(rng)))
+        answer = self.tok.encode(ANSWER.format(k=(key := random_key(rng))))
         multi = rng.random() < self.cfg.multi_query_prob
         room = N - len(answer)
         lo = builder.overhead() + 8

@@ -92,8 +92,10 @@ def test_multi_query_prompts_ask_again_and_every_target_is_the_key(tokenizer, bo
         # teacher forcing: the target at p is the token at p + 1, right after the question
         assert toks[b, g[:, 1] + 1].tolist() == t.tolist()
         assert toks[b, first - len(q) + 1:first + 1].tolist() == q
-        key = tokenizer.decode(t.tolist()).strip()
-        assert len(key) == 5 and key.isdigit() and key in tokenizer.decode(toks[b, :first].tolist())
+        answer = tokenizer.decode(t.tolist())
+        key = answer.strip().rstrip(".")
+        assert answer == f" {key}." and key.isdigit() and len(key) == 5  # the full stop ends the key
+        assert key in tokenizer.decode(toks[b, :first].tolist())
         assert first + sampler.answer_len <= int(lengths[b])
 
 
