@@ -195,7 +195,7 @@ def load_checkpoint(path: Union[str, Path], device: Union[str, torch.device] = "
     return LoadedModel(model, tok, header, dev, dtype)
 
 
-DEFAULT_MODEL_NAME = "infini-small.safetensors"
+DEFAULT_MODEL_NAME = "infini-mini.safetensors"
 
 
 def default_model_path() -> Path:

@@ -27,7 +27,7 @@ app = typer.Typer(
          "Examples:\n\n"
          "  infini passkey-test --lengths 1k,32k\n\n"
          "  infini ask report.pdf \"What did the committee decide?\"\n\n"
-         "  infini info models/infini-small.safetensors --json",
+         "  infini info models/infini-mini.safetensors --json",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
     add_completion=False,
@@ -111,7 +111,7 @@ def info(
 ) -> None:
     """Show a checkpoint's size, shape and memory state against a KV cache.
 
-    Example: infini info models/infini-small.safetensors --json
+    Example: infini info models/infini-mini.safetensors --json
     """
     from .checkpoint import read_header
     from .info import checkpoint_info
@@ -149,7 +149,7 @@ def quantize(
 ) -> None:
     """Quantize a checkpoint's weights to int8 or int4; prints sizes and the weights' error.
 
-    Example: infini quantize runs/small/model.safetensors models/infini-small.safetensors --bits 8
+    Example: infini quantize runs/mini-long/model.safetensors models/infini-mini.safetensors --bits 8
     """
     from .checkpoint import read_header, read_tensors, save_tensors
     from .errors import InputError
@@ -226,7 +226,7 @@ def train(
 
     Resumes from the run folder's last checkpoint when there is one; Ctrl-C saves and stops.
 
-    Example: infini train --config models/train_small.json --export models/infini-small.safetensors
+    Example: infini train --config models/train_mini.json --export models/infini-mini.safetensors
     """
     from .device import resolve_device, set_threads
     from .errors import InputError

@@ -144,4 +144,4 @@ def test_default_model_is_the_bundled_checkpoint():
     r = runner.invoke(app, ["passkey-test", "--lengths", "128", "--depths", "0", "--trials", "1", "--threads", "1",
                             "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["model"].endswith("infini-small.safetensors")
+    assert json.loads(r.output)["model"].endswith("infini-mini.safetensors")
