@@ -145,3 +145,15 @@ def test_default_model_is_the_bundled_checkpoint():
                             "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["model"].endswith("infini-mini.safetensors")
+
+
+def test_the_bundled_model_finds_passkeys():
+    """A regression guard on the shipped checkpoint: 9 of these 10 trials were right when it shipped."""
+    from infini_cli.checkpoint import default_model_path
+
+    if not default_model_path().exists():
+        pytest.skip("no bundled checkpoint in models/")
+    r = runner.invoke(app, ["passkey-test", "--lengths", "8k", "--depths", "0.25,0.75", "--trials", "5",
+                            "--threads", "1", "--json", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert sum(c["correct"] for c in json.loads(r.output)["cells"]) >= 8
