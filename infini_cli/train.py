@@ -85,6 +85,7 @@ class TrainConfig:
 
 ANSWER = " {k}."   # what follows the question in training prompts
 
+
 def load_or_train_tokenizer(cfg: TrainConfig, vocab_size: int, log: Callable[[str], None]) -> TextTokenizer:
     path = Path(cfg.out_dir) / "tokenizer.json"
     if path.exists():
@@ -343,7 +344,7 @@ def load_train_state(path: Path, model: InfiniTransformer, opt: torch.optim.Adam
     return int(meta["step"]), json.loads(meta.get("record", "{}"))
 
 
-def _init_weights_from(model: InfiniTransformer, path: Path, tok: TextTokenizer, reset_gates: bool) -> None:
+def _init_weights_from(model: InfiniTransformer, path: Path, reset_gates: bool) -> None:
     """Copy a float checkpoint's weights into a fresh run (a new stage of a curriculum).
 
     reset_gates: a layer whose gates settled on memory has all but switched its local
@@ -403,7 +404,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, stop: Optional[C
     torch.manual_seed(cfg.seed)
     model = InfiniTransformer(mcfg).init_weights(cfg.seed).to(device)
     if cfg.init_from:
-        _init_weights_from(model, Path(cfg.init_from), tok, cfg.reset_gates)
+        _init_weights_from(model, Path(cfg.init_from), cfg.reset_gates)
     opt = build_optimizer(model, cfg)
     state_path = out / "train_state.safetensors"
     step, record = 0, {"tokens_seen": 0, "seconds": 0.0, "evals": []}
