@@ -280,8 +280,8 @@ def passkey_test(
 ) -> None:
     """Passkey retrieval (Landmark-attention template) over a grid of lengths x depths.
 
-    The defaults (1K, 4K and 16K tokens, 11 depths, 2 trials) take about a minute on two CPU
-    cores with the bundled model. Memory stays the same at every length.
+    The defaults (1K, 4K and 16K tokens, 11 depths, 2 trials) take about 20 seconds on two
+    CPU cores with the bundled model. Memory stays the same at every length.
 
     Examples:
 
