@@ -218,6 +218,7 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed: the same seed gives the same run."),
     data_dir: Optional[str] = typer.Option(None, "--data", help="Folder of .txt training books."),
     preset_name: Optional[str] = typer.Option(None, "--preset", help="Model preset: tiny, small, base."),
+    stop_at: Optional[int] = typer.Option(None, "--stop-at", help="Stop at this step (the LR schedule still spans --steps); resume later."),
     export: Optional[Path] = typer.Option(None, "--export", help="Also write an int8 checkpoint here at the end."),
     device: str = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
@@ -239,7 +240,8 @@ def train(
             settings = json.loads(config.read_text())
         except (OSError, ValueError) as e:
             raise InputError(f"{config}: not a readable JSON file ({e})") from None
-    overrides = {"out_dir": out_dir, "steps": steps, "seed": seed, "data_dir": data_dir, "preset": preset_name}
+    overrides = {"out_dir": out_dir, "steps": steps, "seed": seed, "data_dir": data_dir, "preset": preset_name,
+                 "stop_at": stop_at}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = set(settings) - known

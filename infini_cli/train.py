@@ -58,6 +58,7 @@ class TrainConfig:
     copy_local_start: float = 0.5      # share of copies kept inside one segment at step 0 ...
     copy_local_end: float = 0.5        # ... and after copy_local_ramp steps (local copying comes first)
     copy_local_ramp: int = 0
+    stop_at: Optional[int] = None      # stop (save, write the model) at this step; the schedule keeps `steps`
     init_from: Optional[str] = None    # start a fresh run from this float checkpoint's weights
     reset_gates: bool = False          # with init_from: gates back to their initial value (mostly local)
     lr: float = 2e-3
@@ -438,7 +439,8 @@ def _train_loop(cfg, model, opt, step, record, sampler, eval_builder, tok, books
     S = model.config.segment_len
     text_len = cfg.text_segments * S
     record["steps_done"] = step
-    while step < cfg.steps:
+    last = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
+    while step < last:
         if stop is not None and stop():
             break
         # data depends only on (seed, step): a resumed run sees exactly what it would have

@@ -150,3 +150,17 @@ def test_a_run_with_every_task_trains(tmp_path, books):
     train(cfg, log=lambda s: None)
     rows = [json.loads(x) for x in (tmp_path / "all" / "log.jsonl").read_text().splitlines()]
     assert all(0.0 <= r["copy_acc"] <= 1.0 for r in rows)
+
+
+def test_stop_at_ends_early_without_changing_the_schedule(tmp_path, books):
+    whole = train(tiny_run(tmp_path, books, 4, "whole"), log=lambda s: None)
+    cfg = tiny_run(tmp_path, books, 4, "staged")
+    cfg.stop_at = 3
+    train(cfg, log=lambda s: None)
+    rows = [json.loads(x) for x in (tmp_path / "staged" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    cfg.stop_at = None
+    resumed = train(cfg, log=lambda s: None)
+    a, b = params(whole), params(resumed)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
