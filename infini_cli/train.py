@@ -468,16 +468,14 @@ def _train_loop(cfg, model, opt, step, record, sampler, eval_builder, tok, books
             loss_pk = loss_pk + cfg.passkey_lm_weight * F.cross_entropy(lm_logits, toks[:, 1:][real])
 
         loss = loss_text + cfg.passkey_loss_weight * loss_pk
-        copy_acc = None
+        copy_acc, n_copy = None, 0
         if cfg.batch_copy > 0:
             ctoks, cpos, ctgt = (t.to(device) for t in sampler.copy_batch(rng, step))
             hc = train_forward(model, ctoks)
             clogits = model.hidden_to_logits(hc[cpos[:, 0], cpos[:, 1]])
             loss = loss + cfg.copy_weight * F.cross_entropy(clogits, ctgt)
-            copy_acc = (clogits.argmax(-1) == ctgt).float().mean().item()
+            copy_acc = round((clogits.argmax(-1) == ctgt).float().mean().item(), 3)
             n_copy = ctoks.numel()
-        else:
-            n_copy = 0
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip).item()
@@ -489,7 +487,7 @@ def _train_loop(cfg, model, opt, step, record, sampler, eval_builder, tok, books
         record["tokens_seen"] += n_tok
         record["seconds"] += now - t_last
         row = {"step": step, "loss_text": round(loss_text.item(), 4), "loss_passkey": round(loss_pk.item(), 4),
-               "passkey_exact": round(exact, 3), "copy_acc": copy_acc and round(copy_acc, 3), "lr": lr, "grad_norm": round(gnorm, 3),
+               "passkey_exact": round(exact, 3), "copy_acc": copy_acc, "lr": lr, "grad_norm": round(gnorm, 3),
                "max_weight": round(sampler.max_weight(step), 1), "tok_s": round(n_tok / (now - t_last)),
                "gates": [round(x, 3) for x in model.gates().mean(1).tolist()]}
         t_last = now
