@@ -51,6 +51,7 @@ class TrainConfig:
     passkey_segments_start: int = 0    # curriculum: longest prompt at step 0 (0: no curriculum)
     length_ramp: int = 0               # steps over which prompts grow to passkey_segments
     multi_query_prob: float = 0.0      # share of prompts that ask the question again after more haystack
+    answer_cross_prob: float = 0.0     # share of single-question prompts whose answer straddles a segment boundary
     passkey_lm_weight: float = 0.0     # LM loss on the whole passkey prompt (dense copy signal)
     batch_copy: int = 0                # sequences of the copy task per step (0: off)
     copy_segments: int = 4             # their length, in segments
@@ -182,16 +183,34 @@ class PasskeySampler:
         multi = rng.random() < self.cfg.multi_query_prob
         room = N - len(answer)
         lo = builder.overhead() + 8
+        # a straddling answer needs up to a segment of filler tokens to move it onto a boundary
+        cross = not multi and rng.random() < self.cfg.answer_cross_prob and room - S >= lo
+        if cross:
+            room -= S
         target_len = rng.randint(lo, max(lo, room // 2)) if multi else rng.randint(max(lo, room - S), room)
         plan = builder.plan(target_len, rng.random())
         while plan.total_tokens > room:  # rounding overshoot: ask for less haystack
             target_len -= plan.total_tokens - room + 4
             plan = builder.plan(target_len, plan.depth)
-        ids = builder.build(plan, key) + answer
-        protected = [(0, len(builder.task_ids) + 1), (plan.key_start, plan.key_start + plan.key_len),
-                     (plan.question_start, len(ids))]
-        targets = [(plan.total_tokens - 1 + j, a) for j, a in enumerate(answer)]
+        ids = builder.build(plan, key)
         hay = builder.haystack
+        q_start = plan.question_start
+        if cross:
+            # Streaming starts a fresh segment wherever the length puts it, so an answer may
+            # lose the question and its first digits from local attention mid-way (a
+            # million-token prompt did: " 1534." for 15346) and must go on from memory.
+            # Filler tokens before the question's line put a boundary after answer token j.
+            j = rng.randint(1, len(answer) - 1)
+            d = -(len(ids) + j) % S
+            filler = [t for chunk in hay.iter_chunks(rng.randrange(len(hay.sentences)), S) for t in chunk][:d]
+            cut = q_start - len(builder.nl_ids)
+            ids = ids[:cut] + filler + ids[cut:]
+            q_start += d
+        n_prompt = len(ids)
+        ids = ids + answer
+        protected = [(0, len(builder.task_ids) + 1), (plan.key_start, plan.key_start + plan.key_len),
+                     (q_start, len(ids))]
+        targets = [(n_prompt - 1 + j, a) for j, a in enumerate(answer)]
         while multi:
             n = rng.randint(0, max(1, hay.sentences_within(2 * S)))
             start = rng.randrange(len(hay.sentences))

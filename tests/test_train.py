@@ -99,6 +99,32 @@ def test_multi_query_prompts_ask_again_and_every_target_is_the_key(tokenizer, bo
         assert first + sampler.answer_len <= int(lengths[b])
 
 
+def test_straddling_answers_cross_a_segment_boundary_after_the_question(tokenizer, books):
+    import random
+
+    from infini_cli.tasks.passkey_prompt import QUESTION
+    from infini_cli.train import PasskeySampler
+    from tests.conftest import tiny_config
+
+    mcfg = tiny_config(tokenizer)
+    S = mcfg.segment_len
+    cfg = TrainConfig(batch_passkey=8, passkey_segments=12, answer_cross_prob=1.0, book_haystack_prob=0.5)
+    sampler = PasskeySampler(cfg, mcfg, tokenizer, [str(p) for p in books.glob("*.txt")])
+    toks, weights, pos, tgt, lengths = sampler.batch(random.Random(1), step=0)
+    q = tokenizer.encode(QUESTION)
+    splits = set()
+    for g, t in zip(pos.view(-1, sampler.answer_len, 2), tgt.view(-1, sampler.answer_len)):
+        b, first = int(g[0, 0]), int(g[0, 1])
+        assert toks[b, g[:, 1] + 1].tolist() == t.tolist()
+        assert toks[b, first - len(q) + 1:first + 1].tolist() == q  # the question is intact
+        key = tokenizer.decode(t.tolist()).strip().rstrip(".")
+        assert key.isdigit() and key in tokenizer.decode(toks[b, :first].tolist())
+        # answer tokens sit at first+1 .. first+len: a boundary falls strictly inside them
+        boundary = next(p for p in range(first + 2, first + 1 + sampler.answer_len) if p % S == 0)
+        splits.add(boundary - first - 1)
+    assert len(splits) > 1  # the split point varies
+
+
 def test_prompt_length_grows_over_the_curriculum(tokenizer, books):
     from infini_cli.train import PasskeySampler
     from tests.conftest import tiny_config
