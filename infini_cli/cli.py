@@ -279,6 +279,10 @@ def passkey_test(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a length x depth heatmap PNG here."),
     as_json: bool = JsonOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    question_segment: bool = typer.Option(
+        True, "--question-segment/--no-question-segment",
+        help="Keep the question and its answer in one segment where they fit (default); "
+             "--no-question-segment cuts every segment_len tokens regardless, for comparison."),
 ) -> None:
     """Passkey retrieval (Landmark-attention template) over a grid of lengths x depths.
 
@@ -305,12 +309,14 @@ def passkey_test(
     loaded = load_model(model, device, threads)
     builder = pk.PasskeyPromptBuilder(loaded.tokenizer, pk.load_haystack(loaded.tokenizer, haystack))
     dev_name = describe(loaded.device)
-    result = pk.GridResult(str(loaded.header.path), dev_name, loaded.config.segment_len, builder.haystack.name)
+    result = pk.GridResult(str(loaded.header.path), dev_name, loaded.config.segment_len, builder.haystack.name,
+                           question_segment)
     jsonl = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         jsonl = out_dir / "trials.jsonl"
-        result.trials = [t for t in pk.read_done(jsonl) if t.length in length_list and t.depth in depth_list]
+        result.trials = [t for t in pk.read_done(jsonl) if t.length in length_list and t.depth in depth_list
+                         and t.question_segment == question_segment]
     done = {(t.length, t.depth, t.trial) for t in result.trials}
     todo = []
     for n in length_list:
@@ -321,7 +327,8 @@ def passkey_test(
     total = sum(builder.plan(n, d).total_tokens for n, d, _ in todo)
     with token_progress(total, "passkey", quiet=quiet or as_json) as advance:
         for n, d, ids in todo:
-            trials_done = pk.run_cell(loaded, builder, n, d, ids, seed, dev_name, on_tokens=advance)
+            trials_done = pk.run_cell(loaded, builder, n, d, ids, seed, dev_name, on_tokens=advance,
+                                      question_segment=question_segment)
             result.trials.extend(trials_done)
             if jsonl is not None:
                 with jsonl.open("a") as f:

@@ -134,6 +134,22 @@ def ingest(
     return state
 
 
+def start_segment_for(model: InfiniTransformer, state: StreamState, n_tokens: int, reserve: int) -> StreamState:
+    """Let the next n_tokens (a question) and `reserve` tokens after them (its answer) share a segment.
+
+    Where they would not fit in what is left of the current segment but do fit in a whole
+    one, the current segment is written to memory now, shorter than usual. Otherwise a
+    boundary could fall inside the question or its answer, and the answer would go on from
+    the memory alone, which holds no order: after a boundary a passkey answer that had
+    written " 80" could not tell which "0" of 80056 it stood at, and wrote " 8056.".
+    The memory gets exactly the same tokens either way; only where a segment ends moves.
+    """
+    seg = model.config.segment_len
+    if state.local_len and state.local_len + n_tokens + reserve > seg >= n_tokens + reserve:
+        return commit_segment(state, model.config.memory_rule)
+    return state
+
+
 @torch.inference_mode()
 def greedy_batch(
     model: InfiniTransformer,
@@ -185,16 +201,25 @@ def generate(
     sampling: Sampling = Sampling(),
     stop: Optional[Callable[[list[int]], bool]] = None,
     use_memory: bool = True,
+    question_tokens: int = 0,
+    answer_reserve: int = 0,
 ) -> Iterator[int]:
     """Continue the stream: feed the prompt, then yield generated tokens one by one.
 
     Generated tokens join the current segment like any other; a full segment is written
-    into memory, so decoding never runs past the trained positions. The caller's `state`
-    is not modified (tensors are replaced, never written in place).
+    into memory, so decoding never runs past the trained positions. With question_tokens,
+    the prompt's last question_tokens and answer_reserve new tokens are kept in one
+    segment where they fit (start_segment_for). The caller's `state` is not modified
+    (tensors are replaced, never written in place).
     """
     if not prompt:
         raise ValueError("generate needs at least one prompt token")
     gen = torch.Generator().manual_seed(sampling.seed) if sampling.seed is not None else None
+    if question_tokens:
+        q = min(question_tokens, len(prompt))
+        _, state = feed(model, state, prompt[:len(prompt) - q], logits="none", use_memory=use_memory)
+        state = start_segment_for(model, state, q, answer_reserve)
+        prompt = prompt[len(prompt) - q:]
     logits, state = feed(model, state, prompt, logits="last", use_memory=use_memory)
     out: list[int] = []
     for _ in range(max_new_tokens):

@@ -113,6 +113,16 @@ def test_trial_records_have_the_fields(tiny_checkpoint, tmp_path):
     assert t["key_segment"] == t["key_token"] // 16 and t["memory_writes_between"] >= 5  # tiny: 16-token segments
 
 
+def test_question_segment_is_recorded_and_a_resume_never_mixes_the_two(tiny_checkpoint, tmp_path):
+    args = ("--lengths", "100", "--depths", "0,1", "--trials", "1", "--out", tmp_path, "--json")
+    r = run_pk(tiny_checkpoint, *args)
+    assert r.exit_code == 0 and json.loads(r.output)["question_segment"] is True
+    r = run_pk(tiny_checkpoint, *args, "--no-question-segment")
+    assert r.exit_code == 0 and json.loads(r.output)["question_segment"] is False
+    rows = [json.loads(x) for x in (tmp_path / "trials.jsonl").read_text().splitlines()]
+    assert [t["question_segment"] for t in rows] == [True, True, False, False]  # the second run did not resume
+
+
 def test_plot_writes_a_png(tiny_checkpoint, tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "heat.png"
@@ -148,12 +158,12 @@ def test_default_model_is_the_bundled_checkpoint():
 
 
 def test_the_bundled_model_finds_passkeys():
-    """A regression guard on the shipped checkpoint: 9 of these 10 trials were right when it shipped."""
+    """A regression guard on the shipped checkpoint: all 20 of these trials were right when it shipped."""
     from infini_cli.checkpoint import default_model_path
 
     if not default_model_path().exists():
         pytest.skip("no bundled checkpoint in models/")
-    r = runner.invoke(app, ["passkey-test", "--lengths", "8k", "--depths", "0.25,0.75", "--trials", "5",
+    r = runner.invoke(app, ["passkey-test", "--lengths", "1k,8k", "--depths", "0.25,0.75", "--trials", "5",
                             "--threads", "1", "--json", "--quiet"])
     assert r.exit_code == 0, r.output
-    assert sum(c["correct"] for c in json.loads(r.output)["cells"]) >= 8
+    assert sum(c["correct"] for c in json.loads(r.output)["cells"]) >= 18

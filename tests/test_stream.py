@@ -9,7 +9,8 @@ import torch
 
 from infini_cli.config import preset
 from infini_cli.memory import StreamState
-from infini_cli.stream import Sampling, feed, generate, ingest
+from infini_cli.memory import commit_segment
+from infini_cli.stream import Sampling, feed, generate, ingest, start_segment_for
 
 from .conftest import random_model
 
@@ -66,6 +67,32 @@ def test_cached_decoding_equals_recomputation():
         logits, _ = feed(model, StreamState.empty(cfg), seq)  # recompute everything, crossing a segment boundary
         assert int(logits[0, -1].argmax()) == tok
         seq.append(tok)
+
+
+def test_a_question_that_would_be_cut_starts_a_segment_and_decoding_equals_recomputation():
+    cfg = preset("tiny")
+    model = random_model(cfg, seed=9)
+    S = cfg.segment_len
+    gen = torch.Generator().manual_seed(9)
+    body = torch.randint(0, cfg.vocab_size, (2 * S + S - 3,), generator=gen).tolist()  # 3 positions left
+    question = torch.randint(0, cfg.vocab_size, (4,), generator=gen).tolist()
+    _, fed = feed(model, StreamState.empty(cfg), body)
+    moved = start_segment_for(model, fed, len(question), reserve=2)
+    assert moved.local_len == 0 and moved.segments_written == fed.segments_written + 1
+    # the memory got the same tokens it would have got at the boundary, only earlier
+    torch.testing.assert_close(moved.z[0], commit_segment(fed, cfg.memory_rule).z[0])
+    # where they fit, or where they could not fit even in a whole segment, nothing moves
+    assert start_segment_for(model, fed, 1, reserve=1) is fed
+    assert start_segment_for(model, fed, S, reserve=1) is fed
+    got = list(generate(model, fed, question, max_new_tokens=6, question_tokens=len(question), answer_reserve=2))
+    seq = list(question)
+    for tok in got:
+        logits, _ = feed(model, moved, seq)  # the question from position 0 of a fresh segment
+        assert int(logits[0, -1].argmax()) == tok
+        seq.append(tok)
+    plain = list(generate(model, fed, question, max_new_tokens=6))
+    first, _ = feed(model, fed, question)
+    assert plain[0] == int(first[0, -1].argmax())
 
 
 def test_generate_does_not_modify_the_callers_state():

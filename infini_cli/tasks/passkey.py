@@ -21,7 +21,7 @@ import torch
 from ..checkpoint import LoadedModel
 from ..errors import InputError
 from ..memory import StreamState
-from ..stream import greedy_batch, ingest
+from ..stream import greedy_batch, ingest, start_segment_for
 from .passkey_prompt import Haystack, PasskeyPromptBuilder, first_integer
 
 ANSWER_TOKENS = 8  # " 12345." and a little slack
@@ -111,6 +111,9 @@ class Trial:
     seconds: float
     tokens_per_second: float
     device: str
+    # the question and answer shared a segment where they fit (rows written before this
+    # field existed were measured with plain segmenting)
+    question_segment: bool = False
 
 
 @dataclass
@@ -127,22 +130,28 @@ class Cell:
 
 def run_cell(loaded: LoadedModel, builder: PasskeyPromptBuilder, length: int, depth: float,
              trial_ids: list[int], seed: int, device_name: str,
-             on_tokens: Optional[Callable[[int], None]] = None) -> list[Trial]:
-    """Run the given trials of one (length, depth) cell as one batch."""
+             on_tokens: Optional[Callable[[int], None]] = None, question_segment: bool = True) -> list[Trial]:
+    """Run the given trials of one (length, depth) cell as one batch.
+
+    question_segment: the question and the answer share a segment where they fit
+    (stream.start_segment_for); False cuts segments every segment_len tokens regardless.
+    """
     model, tok = loaded.model, loaded.tokenizer
     S = model.config.segment_len
     plan = builder.plan(length, depth)
     keys = [trial_key(seed, length, depth, t) for t in trial_ids]
     streams = [builder.iter_tokens(plan, k) for k in keys]
-    # all but the last prompt token are ingested; the last one starts decoding
     total = plan.total_tokens
+    # ingested first: everything before the question, or with question_segment off all the
+    # prompt but its last token (which starts decoding)
+    first = plan.question_start if question_segment else total - 1
 
     def lockstep() -> Iterable[torch.Tensor]:
         # gather about a segment of ids per stream before making a tensor: sentences are short
         rows: list[list[int]] = [[] for _ in keys]
         sent = 0
         for parts in zip(*streams):
-            take = min(len(parts[0]), total - 1 - sent)
+            take = min(len(parts[0]), first - sent)
             for row, part in zip(rows, parts):
                 row.extend(part[:take])
             sent += take
@@ -158,6 +167,10 @@ def run_cell(loaded: LoadedModel, builder: PasskeyPromptBuilder, length: int, de
     t0 = time.perf_counter()
     state = StreamState.empty(model.config, len(keys), loaded.device, loaded.dtype)
     state = ingest(model, state, lockstep(), on_tokens=on_tokens)
+    if question_segment:
+        q = builder.question_ids
+        state = start_segment_for(model, state, len(q), ANSWER_TOKENS)
+        state = ingest(model, state, [torch.tensor([q[:-1]] * len(keys))], on_tokens=on_tokens)
     ids = greedy_batch(model, state, last_tokens(), ANSWER_TOKENS)
     seconds = time.perf_counter() - t0
     if on_tokens:
@@ -173,6 +186,7 @@ def run_cell(loaded: LoadedModel, builder: PasskeyPromptBuilder, length: int, de
             memory_writes_between=(plan.question_start // S) - (plan.key_start // S),
             seconds=round(seconds / len(keys), 4),
             tokens_per_second=round(total * len(keys) / seconds, 1), device=device_name,
+            question_segment=question_segment,
         ))
     return out
 
@@ -183,6 +197,7 @@ class GridResult:
     device: str
     segment_len: int
     haystack: str
+    question_segment: bool = True
     trials: list[Trial] = field(default_factory=list)
 
     def cells(self, lengths: list[int], depths: list[float]) -> list[Cell]:
@@ -203,6 +218,7 @@ class GridResult:
             "device": self.device,
             "segment_len": self.segment_len,
             "haystack": self.haystack,
+            "question_segment": self.question_segment,
             "accuracy": round(sum(c.correct for c in cells) / n, 4) if n else 0.0,
             "trials": n,
             "tokens_per_second": round(toks / secs, 1) if secs else 0.0,
