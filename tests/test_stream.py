@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from infini_cli.config import preset
-from infini_cli.memory import StreamState
-from infini_cli.memory import commit_segment
+from infini_cli.memory import StreamState, commit_segment
 from infini_cli.stream import Sampling, feed, generate, ingest, start_segment_for
 
 from .conftest import random_model
