@@ -177,6 +177,37 @@ def quantize(
                   f"weights' relative error {error:.4%}")
 
 
+# ----------------------------------------------------------------------------- average
+
+@app.command()
+@handles_errors
+def average(
+    sources: list[Path] = typer.Argument(..., help="Two or more checkpoints of one architecture and tokenizer."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Where to write the float32 average."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Comma-separated weights, one a checkpoint (scaled to sum to 1); equal when omitted."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Average checkpoints' weights (a model soup); quantize the result with `infini quantize`.
+
+    Example: infini average runs/mini-long/model.safetensors runs/mini-prose/model.safetensors --out runs/mini-soup.safetensors
+    """
+    from .average import average_checkpoints
+    from .errors import InputError
+
+    parsed = None
+    if weights is not None:
+        try:
+            parsed = [float(w) for w in weights.split(",")]
+        except ValueError:
+            raise InputError(f"--weights {weights}: give numbers separated by commas, e.g. 0.5,0.5") from None
+    data = average_checkpoints(sources, out_path, parsed)
+    if as_json:
+        out.print_json(json.dumps(data))
+    else:
+        parts = ", ".join(f"{w:.3g} x {s}" for w, s in zip(data["weights"], data["sources"]))
+        out.print(f"{parts} -> {out_path} (float32, {human_bytes(data['bytes'])})")
+
+
 # ----------------------------------------------------------------------------- convert
 
 @app.command()

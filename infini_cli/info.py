@@ -42,5 +42,16 @@ def checkpoint_info(header: CheckpointHeader) -> dict[str, Any]:
         "memory_state_bytes": memory_bytes,
         "kv_cache_bytes": kv,
         "compression": {n: round(b / memory_bytes, 1) for n, b in kv.items()},
-        "training": {k: v for k, v in header.training.items() if k in ("steps", "tokens_seen", "seconds")},
+        "training": training_summary(header.training),
     }
+
+
+def training_summary(training: dict) -> dict:
+    """Steps, tokens and time of the run; for an averaged checkpoint, the same for each source."""
+    keep = ("steps", "tokens_seen", "seconds")
+    summary = {k: v for k, v in training.items() if k in keep}
+    if "averaged" in training:
+        summary["averaged"] = [{"source": s.get("source"), "weight": s.get("weight"),
+                                **{k: v for k, v in s.get("training", {}).items() if k in keep}}
+                               for s in training["averaged"]]
+    return summary
