@@ -70,6 +70,7 @@ class TrainConfig:
     clip: float = 1.0
     passkey_loss_weight: float = 1.0
     book_haystack_prob: float = 0.5
+    haystack_numbers_prob: float = 0.0  # share of book haystacks with numbers sprinkled in (distractors for the key)
     amplify_prob: float = 0.75
     amplify_start: int = 600            # steps of plain prompts before amplification starts
     amplify_ramp: int = 1500            # steps over which the largest weight grows
@@ -86,6 +87,25 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- data
 
 ANSWER = " {k}."   # what follows the question in training prompts
+
+
+def sprinkle_numbers(sentences: list[str], rng: random.Random, rate: float) -> list[str]:
+    """Put a random number into about `rate` of the sentences, at a random word boundary.
+
+    Real documents hold years, counts, amounts and references; a memory that learned keys only
+    from number-free prose blends those digits into the key it reads back (a novel with about
+    90 numbers in 128K tokens: 2 keys of 11 right). Lengths of 1-5 digits, so some look like a key.
+    """
+    out = []
+    for sentence in sentences:
+        if rng.random() < rate:
+            words = sentence.split(" ")
+            digits = rng.randint(1, 5)
+            number = str(rng.randint(10 ** (digits - 1) if digits > 1 else 0, 10 ** digits - 1))
+            words.insert(rng.randint(0, len(words)), number)
+            sentence = " ".join(words)
+        out.append(sentence)
+    return out
 
 
 def load_or_train_tokenizer(cfg: TrainConfig, vocab_size: int, log: Callable[[str], None]) -> TextTokenizer:
@@ -155,7 +175,11 @@ class PasskeySampler:
         text = self._book_text[path]
         start = rng.randrange(max(1, len(text) - 40_000))
         window = text[start:start + 40_000]
-        return PasskeyPromptBuilder(self.tok, Haystack(self.tok, split_sentences(window)[1:-1] or ["Nothing."], path))
+        sentences = split_sentences(window)[1:-1] or ["Nothing."]
+        # drawn only when enabled, so older recipes keep their exact data
+        if self.cfg.haystack_numbers_prob > 0 and rng.random() < self.cfg.haystack_numbers_prob:
+            sentences = sprinkle_numbers(sentences, rng, rate=rng.uniform(0.02, 0.2))
+        return PasskeyPromptBuilder(self.tok, Haystack(self.tok, sentences, path))
 
     def max_weight(self, step: int) -> float:
         c = self.cfg
