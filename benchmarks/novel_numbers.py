@@ -23,8 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from infini_cli.checkpoint import default_model_path, load_checkpoint  # noqa: E402
+from infini_cli.checkpoint import default_model_path, read_header  # noqa: E402
 from infini_cli.tasks.passkey_prompt import Haystack  # noqa: E402
+from infini_cli.tokenizer import TextTokenizer  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     if not args.data.is_dir():
         sys.exit(f"{args.data}: no such folder; pass --data with the books/valid folder")
-    tok = load_checkpoint(args.model).tokenizer
+    tok = TextTokenizer.from_json(read_header(args.model).tokenizer_json)  # the header alone, no weights
     rows = []
     for book in sorted(args.data.glob("*.txt")):
         trials_file = args.results / book.stem / "trials.jsonl"
