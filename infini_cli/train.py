@@ -33,6 +33,7 @@ from .config import ModelConfig, preset
 from .memory import StreamState
 from .model import InfiniTransformer
 from .stream import generate, train_forward
+from .tasks.number_distractors import sprinkle_number_phrases, sprinkle_numbers
 from .tasks.passkey_prompt import Haystack, PasskeyPromptBuilder, first_integer, random_key, split_sentences
 from .tokenizer import TextTokenizer, train_tokenizer
 
@@ -71,6 +72,7 @@ class TrainConfig:
     passkey_loss_weight: float = 1.0
     book_haystack_prob: float = 0.5
     haystack_numbers_prob: float = 0.0  # share of book haystacks with numbers sprinkled in (distractors for the key)
+    haystack_phrases_prob: float = 0.0  # share with numbers as prose writes them: dates, years, runs, decoy statements
     amplify_prob: float = 0.75
     amplify_start: int = 600            # steps of plain prompts before amplification starts
     amplify_ramp: int = 1500            # steps over which the largest weight grows
@@ -87,25 +89,6 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- data
 
 ANSWER = " {k}."   # what follows the question in training prompts
-
-
-def sprinkle_numbers(sentences: list[str], rng: random.Random, rate: float) -> list[str]:
-    """Put a random number into about `rate` of the sentences, at a random word boundary.
-
-    Real documents hold years, counts, amounts and references; a memory that learned keys only
-    from number-free prose blends those digits into the key it reads back (a novel with about
-    90 numbers in 128K tokens: 2 keys of 11 right). Lengths of 1-5 digits, so some look like a key.
-    """
-    out = []
-    for sentence in sentences:
-        if rng.random() < rate:
-            words = sentence.split(" ")
-            digits = rng.randint(1, 5)
-            number = str(rng.randint(10 ** (digits - 1) if digits > 1 else 0, 10 ** digits - 1))
-            words.insert(rng.randint(0, len(words)), number)
-            sentence = " ".join(words)
-        out.append(sentence)
-    return out
 
 
 def load_or_train_tokenizer(cfg: TrainConfig, vocab_size: int, log: Callable[[str], None]) -> TextTokenizer:
@@ -179,6 +162,8 @@ class PasskeySampler:
         # drawn only when enabled, so older recipes keep their exact data
         if self.cfg.haystack_numbers_prob > 0 and rng.random() < self.cfg.haystack_numbers_prob:
             sentences = sprinkle_numbers(sentences, rng, rate=rng.uniform(0.02, 0.2))
+        if self.cfg.haystack_phrases_prob > 0 and rng.random() < self.cfg.haystack_phrases_prob:
+            sentences = sprinkle_number_phrases(sentences, rng, rate=rng.uniform(0.01, 0.1))
         return PasskeyPromptBuilder(self.tok, Haystack(self.tok, sentences, path))
 
     def max_weight(self, step: int) -> float:

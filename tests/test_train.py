@@ -192,28 +192,16 @@ def test_stop_at_ends_early_without_changing_the_schedule(tmp_path, books):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
-def test_sprinkled_numbers_go_into_the_haystack_not_the_key(tokenizer, books):
+def test_distractor_numbers_go_into_the_haystack_not_the_key(tokenizer, books):
     import random
     import re
 
-    from infini_cli.train import PasskeySampler, sprinkle_numbers
+    from infini_cli.train import PasskeySampler
     from tests.conftest import tiny_config
 
-    sentences = [f"Word{i} went home and slept well." for i in range(400)]
-    out = sprinkle_numbers(sentences, random.Random(0), rate=0.1)
-    changed = [o for s, o in zip(sentences, out) if s != o]
-    assert 20 <= len(changed) <= 60  # about 10% of 400
-    for s, o in zip(sentences, out):
-        if s != o:  # one number inserted at a word boundary, the words kept in order
-            words = o.split(" ")
-            numbers = [w for w in words if w.isdigit()]
-            assert len(numbers) == 1 and 1 <= len(numbers[0]) <= 5
-            assert [w for w in words if not w.isdigit()] == s.split(" ")
-    assert sprinkle_numbers(sentences, random.Random(0), 0.1) == out  # seeded
-
-    def haystack_numbers(prob):
+    def haystack_numbers(**knob):
         cfg = TrainConfig(batch_passkey=8, passkey_segments=64, multi_query_prob=0.0, book_haystack_prob=1.0,
-                          haystack_numbers_prob=prob)
+                          **knob)
         sampler = PasskeySampler(cfg, tiny_config(tokenizer), tokenizer, [str(p) for p in books.glob("*.txt")])
         toks, _, pos, tgt, lengths = sampler.batch(random.Random(3), step=0)
         found = 0
@@ -225,4 +213,6 @@ def test_sprinkled_numbers_go_into_the_haystack_not_the_key(tokenizer, books):
             found += len(re.findall(r"\d+", prompt.replace(key, "")))
         return found
 
-    assert haystack_numbers(0.0) == 0 and haystack_numbers(1.0) > 0
+    assert haystack_numbers() == 0
+    assert haystack_numbers(haystack_numbers_prob=1.0) > 0
+    assert haystack_numbers(haystack_phrases_prob=1.0) > 0
