@@ -33,7 +33,7 @@ from .config import ModelConfig, preset
 from .memory import StreamState
 from .model import InfiniTransformer
 from .stream import generate, train_forward
-from .tasks.number_distractors import sprinkle_number_phrases, sprinkle_numbers
+from .tasks.number_distractors import sprinkle_near_misses, sprinkle_number_phrases, sprinkle_numbers
 from .tasks.passkey_prompt import Haystack, PasskeyPromptBuilder, first_integer, random_key, split_sentences
 from .tokenizer import TextTokenizer, train_tokenizer
 
@@ -73,6 +73,7 @@ class TrainConfig:
     book_haystack_prob: float = 0.5
     haystack_numbers_prob: float = 0.0  # share of book haystacks with numbers sprinkled in (distractors for the key)
     haystack_phrases_prob: float = 0.0  # share with numbers as prose writes them: dates, years, runs, decoy statements
+    haystack_near_miss_prob: float = 0.0  # share with statements that borrow the key line's words for another number
     amplify_prob: float = 0.75
     amplify_start: int = 600            # steps of plain prompts before amplification starts
     amplify_ramp: int = 1500            # steps over which the largest weight grows
@@ -164,6 +165,8 @@ class PasskeySampler:
             sentences = sprinkle_numbers(sentences, rng, rate=rng.uniform(0.02, 0.2))
         if self.cfg.haystack_phrases_prob > 0 and rng.random() < self.cfg.haystack_phrases_prob:
             sentences = sprinkle_number_phrases(sentences, rng, rate=rng.uniform(0.01, 0.1))
+        if self.cfg.haystack_near_miss_prob > 0 and rng.random() < self.cfg.haystack_near_miss_prob:
+            sentences = sprinkle_near_misses(sentences, rng, rate=rng.uniform(0.005, 0.03))
         return PasskeyPromptBuilder(self.tok, Haystack(self.tok, sentences, path))
 
     def max_weight(self, step: int) -> float:

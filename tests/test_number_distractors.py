@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 import re
 
-from infini_cli.tasks.number_distractors import (DECOY_NOUNS, decoy_statement, number_phrase,
-                                                 sprinkle_number_phrases, sprinkle_numbers)
+from infini_cli.tasks.number_distractors import (DECOY_NOUNS, decoy_statement, near_miss_statement, number_phrase,
+                                                 sprinkle_near_misses, sprinkle_number_phrases, sprinkle_numbers)
 
 SENTENCES = [f"Word{i} went home and slept well." for i in range(400)]
 
@@ -70,3 +70,19 @@ def test_phrases_come_in_runs_that_share_a_digit_and_keep_the_text():
     assert max(runs) >= 3 and 1 in runs  # runs of several sentences, and single numbers
     assert 10 <= sum(marked) <= 120
     assert sprinkle_number_phrases(SENTENCES, random.Random(4), 0.05) == out  # seeded
+
+
+def test_near_misses_borrow_the_key_lines_words_for_another_number():
+    rng = random.Random(5)
+    misses = [near_miss_statement(rng) for _ in range(500)]
+    assert all(re.search(r"\d", m) for m in misses)
+    assert not any("pass key" in m.lower() for m in misses)
+    assert sum("Remember" in m for m in misses) > 150 and sum("key" in m for m in misses) > 50
+    assert any(m.startswith("September ") for m in misses)
+
+
+def test_near_misses_go_between_sentences():
+    out = sprinkle_near_misses(SENTENCES, random.Random(6), rate=0.05)
+    assert [s for s in out if s.startswith("Word")] == SENTENCES
+    assert 5 <= len(out) - len(SENTENCES) <= 40
+    assert sprinkle_near_misses(SENTENCES, random.Random(6), 0.05) == out

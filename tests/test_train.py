@@ -192,7 +192,7 @@ def test_stop_at_ends_early_without_changing_the_schedule(tmp_path, books):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
 
 
-def test_distractor_numbers_go_into_the_haystack_not_the_key(tokenizer, books):
+def test_distractor_numbers_go_into_the_haystack_not_the_key(tokenizer, books, monkeypatch):
     import random
     import re
 
@@ -216,3 +216,8 @@ def test_distractor_numbers_go_into_the_haystack_not_the_key(tokenizer, books):
     assert haystack_numbers() == 0
     assert haystack_numbers(haystack_numbers_prob=1.0) > 0
     assert haystack_numbers(haystack_phrases_prob=1.0) > 0
+    # near misses are rare (0.5-3% of sentences) and these prompts short: denser, to see them arrive
+    import infini_cli.train as train_module
+    from infini_cli.tasks.number_distractors import sprinkle_near_misses
+    monkeypatch.setattr(train_module, "sprinkle_near_misses", lambda s, rng, rate: sprinkle_near_misses(s, rng, 0.5))
+    assert haystack_numbers(haystack_near_miss_prob=1.0) > 0

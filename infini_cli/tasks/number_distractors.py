@@ -117,3 +117,29 @@ def sprinkle_number_phrases(sentences: list[str], rng: random.Random, rate: floa
                 sentence = " ".join(words)
         out.append(sentence)
     return out
+
+
+def near_miss_statement(rng: random.Random) -> str:
+    """A sentence that shares words with the key's line ("Remember", "key", "pass") but states
+    another number: the key must be read from the whole line, not from a fragment of it.
+
+    Found on a month: the tokenizer splits "September" as "Se pt ember" and "Remember" as
+    " R em ember", and one sentence "first day of September 1849." pulled the key's third digit to
+    a 9 in 5 of 11 prompts at 32K tokens ("December 1849" and "the year 1849" did nothing).
+    """
+    value = number_phrase(rng)
+    month = rng.choice(["September", "November", "Remember"])
+    forms = [f"Remember {value}.", f"Remember it. The {rng.choice(DECOY_NOUNS)} is {value}.",
+             f"The key is {value}.", f"{value} is the key.", f"The pass is {value}.",
+             f"{month} {value}.", f"Remember the {rng.choice(DECOY_NOUNS)}: {value}."]
+    return rng.choice(forms)
+
+
+def sprinkle_near_misses(sentences: list[str], rng: random.Random, rate: float) -> list[str]:
+    """Add a near-miss statement after about `rate` of the sentences."""
+    out: list[str] = []
+    for sentence in sentences:
+        out.append(sentence)
+        if rng.random() < rate:
+            out.append(near_miss_statement(rng))
+    return out
