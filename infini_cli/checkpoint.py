@@ -143,6 +143,21 @@ def save_tensors(p: Path, tensors: dict[str, torch.Tensor], config: ModelConfig,
     tmp = p.with_name(p.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, p)
+    _chmod_like_a_new_file(p)
+
+
+def _chmod_like_a_new_file(p: Path) -> None:
+    """Give `p` the mode any new file gets (0o666 less the umask).
+
+    safetensors (0.8) writes through a temporary file created 0o600 and renames it into place, so
+    a checkpoint would otherwise be readable by its owner alone (safetensors issue #782), and a
+    model exported for others to use would fail to load for them.
+    """
+    if os.name != "posix":
+        return
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(p, 0o666 & ~umask)
 
 
 def read_tensors(path: Union[str, Path]) -> dict[str, torch.Tensor]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import struct
 
 import pytest
@@ -125,3 +127,16 @@ def test_int8_linears_at_load(tiny_checkpoint, tiny_model):
         out = logits_of(loaded.model, tokens)
         ref = logits_of(tiny_model, tokens)
     assert ((out - ref).norm() / ref.norm()).item() < 0.03
+
+
+@pytest.mark.skipif(os.name != "posix", reason="permission bits are POSIX")
+def test_saved_checkpoint_has_a_new_files_mode(tmp_path, tiny_model, tokenizer):
+    """Readable by others as any new file is under the umask (safetensors alone writes 0o600)."""
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "m.safetensors", tiny_model, tokenizer)
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
