@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, preset
+from .errors import InputError
 from .memory import StreamState
 from .model import InfiniTransformer
 from .stream import generate, train_forward
@@ -361,11 +362,43 @@ def save_train_state(path: Path, model: InfiniTransformer, opt: torch.optim.Adam
     tmp.replace(path)
 
 
-def load_train_state(path: Path, model: InfiniTransformer, opt: torch.optim.AdamW) -> tuple[int, dict]:
+# Settings that steer a run without changing what it learns: a resumed run may change them.
+# `steps` is among them so a finished run can be extended; its LR schedule then follows the new length.
+RUN_CONTROL_FIELDS = frozenset({"out_dir", "threads", "stop_at", "eval_every", "save_every", "steps"})
+
+
+def resume_config_mismatch(saved_json: str, cfg: TrainConfig) -> list[str]:
+    """The settings (other than run control) in which cfg differs from the run saved in a state file.
+
+    A state written under another config would otherwise be resumed silently, and the run would
+    be neither the saved one nor the asked-for one. Fields the saved run predates count at
+    their default, so a state from before a setting existed still resumes.
+    """
+    saved = json.loads(saved_json)
+    defaults = TrainConfig()
+    diffs = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in RUN_CONTROL_FIELDS:
+            continue
+        before = saved.get(f.name, getattr(defaults, f.name))
+        now = getattr(cfg, f.name)
+        if before != now:
+            diffs.append(f"{f.name} {before!r} -> {now!r}")
+    return diffs
+
+
+def load_train_state(path: Path, model: InfiniTransformer, opt: torch.optim.AdamW,
+                     cfg: Optional[TrainConfig] = None) -> tuple[int, dict]:
+    """Restore a run; with cfg, refuse (InputError) a state saved under a different config."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
+        if cfg is not None and "train_config" in meta:
+            diffs = resume_config_mismatch(meta["train_config"], cfg)
+            if diffs:
+                raise InputError(f"{path}: saved by a run with other settings ({'; '.join(diffs)}); "
+                                 f"use a new out_dir, or delete {path.name} to start this run afresh")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     params = [p for g in opt.param_groups for p in g["params"]]
@@ -441,7 +474,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, stop: Optional[C
     state_path = out / "train_state.safetensors"
     step, record = 0, {"tokens_seen": 0, "seconds": 0.0, "evals": []}
     if state_path.exists():
-        step, record = load_train_state(state_path, model, opt)
+        step, record = load_train_state(state_path, model, opt, cfg)
         log(f"resumed from {state_path} at step {step}")
     (out / "train_config.json").write_text(cfg.to_json())
     sampler = PasskeySampler(cfg, mcfg, tok, book_paths)

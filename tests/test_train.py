@@ -221,3 +221,31 @@ def test_distractor_numbers_go_into_the_haystack_not_the_key(tokenizer, books, m
     from infini_cli.tasks.number_distractors import sprinkle_near_misses
     monkeypatch.setattr(train_module, "sprinkle_near_misses", lambda s, rng, rate: sprinkle_near_misses(s, rng, 0.5))
     assert haystack_numbers(haystack_near_miss_prob=1.0) > 0
+
+
+def test_a_state_saved_under_other_settings_is_refused_not_resumed(tmp_path, books):
+    cfg = tiny_run(tmp_path, books, 4, "shared")
+    cfg.stop_at = 2
+    train(cfg, log=lambda s: None)
+    other = tiny_run(tmp_path, books, 4, "shared")
+    other.seed, other.lr = 4, 1e-3
+    with pytest.raises(ValueError, match=r"train_state.safetensors: saved by a run with other settings "
+                                         r"\(seed 3 -> 4; lr 0.002 -> 0.001\)"):
+        train(other, log=lambda s: None)
+    # run control may change on resume: threads, eval cadence, where to stop
+    same = tiny_run(tmp_path, books, 4, "shared")
+    same.threads, same.eval_every = None, 500
+    logs = []
+    train(same, log=logs.append)
+    assert logs[0].startswith("resumed from") and logs[0].endswith("at step 2")
+
+
+def test_train_command_refuses_a_mismatched_state_with_exit_2(tmp_path, books):
+    cfg = tiny_run(tmp_path, books, 2, "cli")
+    train(cfg, log=lambda s: None)
+    settings = json.loads(cfg.to_json())
+    settings["seed"] = 9
+    (tmp_path / "other.json").write_text(json.dumps(settings))
+    r = CliRunner().invoke(app, ["train", "--config", str(tmp_path / "other.json")])
+    assert r.exit_code == 2
+    assert "seed 3 -> 9" in r.output and "use a new out_dir" in r.output
