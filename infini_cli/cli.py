@@ -345,6 +345,7 @@ def passkey_test(
     jsonl = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        pk.claim_results_folder(out_dir, pk.results_identity(Path(loaded.header.path), haystack, seed))
         jsonl = out_dir / "trials.jsonl"
         result.trials = [t for t in pk.read_done(jsonl) if t.length in length_list and t.depth in depth_list
                          and t.question_segment == question_segment]

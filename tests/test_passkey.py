@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from infini_cli.cli import app
 from infini_cli.errors import InputError
 from infini_cli.tasks.passkey import parse_depths, parse_length, read_done
+from .conftest import assert_one_line_error
 from infini_cli.tasks.passkey_prompt import (KEY_LINE, QUESTION, TASK, Haystack, PasskeyPromptBuilder,
                                              first_integer)
 
@@ -121,6 +122,26 @@ def test_question_segment_is_recorded_and_a_resume_never_mixes_the_two(tiny_chec
     assert r.exit_code == 0 and json.loads(r.output)["question_segment"] is False
     rows = [json.loads(x) for x in (tmp_path / "trials.jsonl").read_text().splitlines()]
     assert [t["question_segment"] for t in rows] == [True, True, False, False]  # the second run did not resume
+
+
+def test_a_results_folder_refuses_trials_of_another_model_haystack_or_seed(tiny_checkpoint, tiny_model, tokenizer,
+                                                                           tmp_path):
+    from infini_cli.checkpoint import save_checkpoint
+
+    out = tmp_path / "run"
+    args = ("--lengths", "100", "--depths", "0", "--trials", "1", "--out", out, "--json")
+    assert run_pk(tiny_checkpoint, *args).exit_code == 0
+    other = tmp_path / "other.safetensors"
+    save_checkpoint(other, tiny_model, tokenizer, training={"steps": 1})
+    filler = tmp_path / "filler.txt"
+    filler.write_text("The grass is green. The sky is blue. " * 50)
+    for ckpt, extra, field in ((other, (), "-> other.safetensors"), (tiny_checkpoint, ("--seed", "1"), "seed: 0 -> 1"),
+                               (tiny_checkpoint, ("--haystack", filler), "haystack: standard filler -> filler.txt")):
+        r = run_pk(ckpt, *args, *extra)
+        assert_one_line_error(r, 2, str(out), field, "pass a new --out")
+    assert len(read_done(out / "trials.jsonl")) == 1   # nothing was mixed in
+    r = run_pk(tiny_checkpoint, *args)                  # the same run still resumes
+    assert r.exit_code == 0 and len(read_done(out / "trials.jsonl")) == 1
 
 
 def test_plot_writes_a_png(tiny_checkpoint, tmp_path):

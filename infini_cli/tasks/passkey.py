@@ -228,6 +228,39 @@ class GridResult:
         }
 
 
+RUN_FILE = "run.json"
+
+
+def claim_results_folder(out_dir: Path, identity: dict[str, object]) -> None:
+    """One (model, haystack, seed) per results folder: resuming under another would mix their trials.
+
+    The first run writes its identity to run.json; a later run with another one is refused
+    with the differing fields named. A folder from before run.json existed is taken as is.
+    """
+    path = out_dir / RUN_FILE
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            saved = None
+        if isinstance(saved, dict):
+            diffs = [f"{k}: {saved.get(k)} -> {v}" for k, v in identity.items() if saved.get(k) != v]
+            if diffs:
+                raise InputError(f"{out_dir}: holds trials of another run ({'; '.join(diffs)}); "
+                                 f"pass a new --out, or delete the folder to start afresh")
+            return
+    path.write_text(json.dumps(identity, indent=2) + "\n")
+
+
+def results_identity(model_path: Path, haystack: Optional[Path], seed: int) -> dict[str, object]:
+    """What makes two runs' trials comparable: the checkpoint, the filler's bytes and the keys' seed."""
+    from ..cache import file_sha256, model_hash
+
+    return {"model": f"{model_path.name} {model_hash(model_path)[:16]}",
+            "haystack": f"{haystack.name} {file_sha256(haystack)[:16]}" if haystack else "standard filler",
+            "seed": seed}
+
+
 def read_done(jsonl: Path) -> list[Trial]:
     """Trials already in a results file (for resuming); broken lines are skipped."""
     done = []
