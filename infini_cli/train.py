@@ -387,18 +387,23 @@ def resume_config_mismatch(saved_json: str, cfg: TrainConfig) -> list[str]:
     return diffs
 
 
-def load_train_state(path: Path, model: InfiniTransformer, opt: torch.optim.AdamW,
-                     cfg: Optional[TrainConfig] = None) -> tuple[int, dict]:
-    """Restore a run; with cfg, refuse (InputError) a state saved under a different config."""
+def check_resumable(path: Path, cfg: TrainConfig) -> None:
+    """Refuse (InputError) a state saved under a different config; reads the header alone."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        saved = f.metadata().get("train_config")
+    diffs = resume_config_mismatch(saved, cfg) if saved else []
+    if diffs:
+        raise InputError(f"{path}: saved by a run with other settings ({'; '.join(diffs)}); "
+                         f"use a new out_dir, or delete {path.name} to start this run afresh")
+
+
+def load_train_state(path: Path, model: InfiniTransformer, opt: torch.optim.AdamW) -> tuple[int, dict]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-        if cfg is not None and "train_config" in meta:
-            diffs = resume_config_mismatch(meta["train_config"], cfg)
-            if diffs:
-                raise InputError(f"{path}: saved by a run with other settings ({'; '.join(diffs)}); "
-                                 f"use a new out_dir, or delete {path.name} to start this run afresh")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     params = [p for g in opt.param_groups for p in g["params"]]
@@ -460,6 +465,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, stop: Optional[C
     """
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "train_state.safetensors"
+    if state_path.exists():
+        check_resumable(state_path, cfg)   # before the tokenizer, the books and the weights: fail fast
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     mcfg = preset(cfg.preset)
@@ -471,10 +479,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, stop: Optional[C
     if cfg.init_from:
         _init_weights_from(model, Path(cfg.init_from), cfg.reset_gates)
     opt = build_optimizer(model, cfg)
-    state_path = out / "train_state.safetensors"
     step, record = 0, {"tokens_seen": 0, "seconds": 0.0, "evals": []}
     if state_path.exists():
-        step, record = load_train_state(state_path, model, opt, cfg)
+        step, record = load_train_state(state_path, model, opt)
         log(f"resumed from {state_path} at step {step}")
     (out / "train_config.json").write_text(cfg.to_json())
     sampler = PasskeySampler(cfg, mcfg, tok, book_paths)

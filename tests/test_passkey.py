@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 from infini_cli.cli import app
 from infini_cli.errors import InputError
 from infini_cli.tasks.passkey import parse_depths, parse_length, read_done
-from .conftest import assert_one_line_error
 from infini_cli.tasks.passkey_prompt import (KEY_LINE, QUESTION, TASK, Haystack, PasskeyPromptBuilder,
                                              first_integer)
+
+from .conftest import assert_one_line_error
 
 runner = CliRunner()
 
