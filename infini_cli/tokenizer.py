@@ -19,12 +19,15 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]
 
 
 class TextTokenizer:
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer, eos_token: Optional[str] = None, pad_token: Optional[str] = None) -> None:
+        """eos_token / pad_token: a converted model's own (ours are SPECIAL_TOKENS)."""
         self._tok = tokenizer
+        self._eos = eos_token or SPECIAL_TOKENS[0]
+        self._pad = pad_token or SPECIAL_TOKENS[1]
 
     @classmethod
-    def from_json(cls, text: str) -> "TextTokenizer":
-        return cls(Tokenizer.from_str(text))
+    def from_json(cls, text: str, eos_token: Optional[str] = None, pad_token: Optional[str] = None) -> "TextTokenizer":
+        return cls(Tokenizer.from_str(text), eos_token, pad_token)
 
     def to_json(self) -> str:
         return self._tok.to_str()
@@ -35,11 +38,12 @@ class TextTokenizer:
 
     @property
     def eos_id(self) -> int:
-        return self._tok.token_to_id("<|endoftext|>")
+        return self._tok.token_to_id(self._eos)
 
     @property
     def pad_id(self) -> int:
-        return self._tok.token_to_id("<|pad|>")
+        pad = self._tok.token_to_id(self._pad)
+        return self.eos_id if pad is None else pad
 
     @property
     def backend(self) -> Tokenizer:

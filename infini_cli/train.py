@@ -83,6 +83,15 @@ class TrainConfig:
     save_every: int = 100
     tokenizer_sample_bytes: int = 150_000   # per book
     threads: Optional[int] = None
+    memory_rule: Optional[str] = None   # override the preset's rule (a delta run may start from a linear model)
+    # BABILong: bAbI facts spread through book text, answered from memory (0: off)
+    batch_babi: int = 0
+    babi_dir: str = "../shared/data/babi"
+    babi_tasks: str = "qa1,qa2,qa3,qa4,qa5"
+    babi_segments: int = 16             # longest document, in segments
+    babi_segments_start: int = 0        # curriculum: longest document at step 0 (0: none)
+    babi_ramp: int = 0                  # steps over which documents grow to babi_segments
+    babi_loss_weight: float = 1.0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -100,8 +109,9 @@ def load_or_train_tokenizer(cfg: TrainConfig, vocab_size: int, log: Callable[[st
     if cfg.init_from:
         # a run that continues a model must speak its tokenizer
         from .checkpoint import read_header
+        from .registry import resolve_model
 
-        tok = TextTokenizer.from_json(read_header(cfg.init_from).tokenizer_json)
+        tok = TextTokenizer.from_json(read_header(resolve_model(cfg.init_from)).tokenizer_json)
         path.write_text(tok.to_json())
         return tok
     log(f"training a {vocab_size}-token byte-level BPE tokenizer on {cfg.data_dir}")
@@ -422,9 +432,11 @@ def _init_weights_from(model: InfiniTransformer, path: Path, reset_gates: bool) 
     new skill (in-context copying) form in local attention and be moved into memory.
     """
     from .checkpoint import load_checkpoint
+    from .registry import resolve_model
 
-    loaded = load_checkpoint(path, dtype=torch.float32)
-    if loaded.header.config != model.config:
+    loaded = load_checkpoint(resolve_model(path), dtype=torch.float32)
+    # the memory rule may differ: it has no weights of its own (a delta run from a linear model)
+    if dataclasses.replace(loaded.header.config, memory_rule=model.config.memory_rule) != model.config:
         raise ValueError(f"{path}: its model config differs from this run's preset")
     weights = loaded.model.state_dict()
     if reset_gates:
@@ -473,6 +485,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, stop: Optional[C
     mcfg = preset(cfg.preset)
     tok = load_or_train_tokenizer(cfg, mcfg.vocab_size, log)
     mcfg = dataclasses.replace(mcfg, vocab_size=tok.vocab_size)
+    if cfg.memory_rule:
+        mcfg = dataclasses.replace(mcfg, memory_rule=cfg.memory_rule)
     books, book_paths = load_or_tokenize_books(cfg, tok, log)
     torch.manual_seed(cfg.seed)
     model = InfiniTransformer(mcfg).init_weights(cfg.seed).to(device)
@@ -485,13 +499,16 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, stop: Optional[C
         log(f"resumed from {state_path} at step {step}")
     (out / "train_config.json").write_text(cfg.to_json())
     sampler = PasskeySampler(cfg, mcfg, tok, book_paths)
+    from .train_babilong import make_sampler
+
+    babi = make_sampler(cfg, tok, mcfg.segment_len, book_paths)
     eval_builder = PasskeyPromptBuilder(tok, Haystack.standard(tok))
     logf = (out / "log.jsonl").open("a")
     model.train()
     t_last = time.time()
     try:
         step = _train_loop(cfg, model, opt, step, record, sampler, eval_builder, tok, books, logf, state_path, log,
-                           stop, device, t_last)
+                           stop, device, t_last, babi)
     except KeyboardInterrupt:
         save_train_state(state_path, model, opt, record.get("steps_done", step), cfg, record)
         log(f"interrupted: saved {state_path} at step {record.get('steps_done', step)}; run the same command to resume")
@@ -505,8 +522,32 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, stop: Optional[C
     return final
 
 
+def _babi_loss(model: InfiniTransformer, batch, device) -> tuple[torch.Tensor, float, int]:
+    """Answer loss of a BABILong batch and its exact-answer share (teacher-forced)."""
+    toks, pos, tgt, _ = batch
+    toks, pos, tgt = toks.to(device), pos.to(device), tgt.to(device)
+    h = train_forward(model, toks)
+    logits = model.hidden_to_logits(h[pos[:, 0], pos[:, 1]])
+    per_sample = torch.zeros(toks.shape[0], device=device).index_add_(
+        0, pos[:, 0], (logits.argmax(-1) != tgt).float())
+    return F.cross_entropy(logits, tgt), (per_sample == 0).float().mean().item(), toks.numel()
+
+
+@torch.no_grad()
+def eval_babilong(model: InfiniTransformer, babi_valid, segments: list[int], n: int, seed: int) -> dict[str, float]:
+    """Teacher-forced exact answers on the validation stories at fixed document lengths."""
+    model.eval()
+    out = {}
+    for k in segments:
+        rng = random.Random(seed + k)
+        _, acc, _ = _babi_loss(model, babi_valid.batch(rng, 0, n, segments=k), next(model.parameters()).device)
+        out[f"babi_{k}seg"] = round(acc, 3)
+    model.train()
+    return out
+
+
 def _train_loop(cfg, model, opt, step, record, sampler, eval_builder, tok, books, logf, state_path, log, stop,
-                device, t_last) -> int:
+                device, t_last, babi=None) -> int:
     S = model.config.segment_len
     text_len = cfg.text_segments * S
     record["steps_done"] = step
@@ -526,12 +567,14 @@ def _train_loop(cfg, model, opt, step, record, sampler, eval_builder, tok, books
         h = train_forward(model, window[:, :-1])
         loss_text = F.cross_entropy(model.hidden_to_logits(h).flatten(0, 1), window[:, 1:].flatten())
 
-        toks, weights, pos, tgt, lengths = (t.to(device) for t in sampler.batch(rng, step))
-        h = train_forward(model, toks, weights)
-        logits = model.hidden_to_logits(h[pos[:, 0], pos[:, 1]])
-        loss_pk = F.cross_entropy(logits, tgt)
-        exact = (logits.argmax(-1) == tgt).view(-1, sampler.answer_len).all(-1).float().mean().item()
-        if cfg.passkey_lm_weight > 0:
+        loss_pk, exact, toks = torch.zeros((), device=device), 0.0, torch.zeros(0)
+        if cfg.batch_passkey > 0:
+            toks, weights, pos, tgt, lengths = (t.to(device) for t in sampler.batch(rng, step))
+            h = train_forward(model, toks, weights)
+            logits = model.hidden_to_logits(h[pos[:, 0], pos[:, 1]])
+            loss_pk = F.cross_entropy(logits, tgt)
+            exact = (logits.argmax(-1) == tgt).view(-1, sampler.answer_len).all(-1).float().mean().item()
+        if cfg.batch_passkey > 0 and cfg.passkey_lm_weight > 0:
             # every real next token of the prompt: the key line's repeat and the answers are
             # copies, so this is dense copy signal on top of the answer loss
             real = torch.arange(toks.shape[1] - 1, device=device)[None, :] < (lengths[:, None] - 1)
@@ -539,6 +582,11 @@ def _train_loop(cfg, model, opt, step, record, sampler, eval_builder, tok, books
             loss_pk = loss_pk + cfg.passkey_lm_weight * F.cross_entropy(lm_logits, toks[:, 1:][real])
 
         loss = loss_text + cfg.passkey_loss_weight * loss_pk
+        babi_acc, n_babi, loss_babi = None, 0, None
+        if babi is not None:
+            lb, babi_acc, n_babi = _babi_loss(model, babi.batch(rng, step, cfg.batch_babi), device)
+            loss = loss + cfg.babi_loss_weight * lb
+            loss_babi, babi_acc = round(lb.item(), 4), round(babi_acc, 3)
         copy_acc, n_copy = None, 0
         if cfg.batch_copy > 0:
             ctoks, cpos, ctgt = (t.to(device) for t in sampler.copy_batch(rng, step))
@@ -554,16 +602,19 @@ def _train_loop(cfg, model, opt, step, record, sampler, eval_builder, tok, books
         step += 1
         record["steps_done"] = step
         now = time.time()
-        n_tok = window.numel() + toks.numel() + n_copy
+        n_tok = window.numel() + toks.numel() + n_copy + n_babi
         record["tokens_seen"] += n_tok
         record["seconds"] += now - t_last
         row = {"step": step, "loss_text": round(loss_text.item(), 4), "loss_passkey": round(loss_pk.item(), 4),
-               "passkey_exact": round(exact, 3), "copy_acc": copy_acc, "lr": lr, "grad_norm": round(gnorm, 3),
+               "passkey_exact": round(exact, 3), "copy_acc": copy_acc, "loss_babi": loss_babi,
+               "babi_exact": babi_acc, "lr": lr, "grad_norm": round(gnorm, 3),
                "max_weight": round(sampler.max_weight(step), 1), "tok_s": round(n_tok / (now - t_last)),
                "gates": [round(x, 3) for x in model.gates().mean(1).tolist()]}
         t_last = now
         if step % cfg.eval_every == 0 or step == cfg.steps:
             row["eval_passkey"] = eval_passkey(model, tok, eval_builder, [4 * S, 1024, 4096], 6, seed=1234)
+            if babi is not None:
+                row["eval_passkey"].update(eval_babilong(model, babi.valid(), [1, 16, 64], 50, seed=4321))
             record["evals"].append({"step": step, **row["eval_passkey"]})
             t_last = time.time()
         logf.write(json.dumps(row) + "\n")

@@ -20,9 +20,21 @@ from ..checkpoint import LoadedModel
 from ..errors import InputError
 from ..memory import StreamState
 from ..readers import Document
-from .ask import EXTRACTIVE, GENERATED
+from .ask import EXTRACTIVE, GENERATED, WRITTEN
 from .evidence import Budget, DocumentIndex, Passage, SummaryPool, fit_budget, memory_gain, select_summary
 from .reading import RunFacts, generates_answers, read_or_load
+from .writer import fit_passages, write
+
+# The writer summarizes the extractive selection section by section (document order), each
+# section's summary citing its pages or lines: MATERIAL times the budget in source words,
+# in sections of at most SECTION_TOKENS tokens.
+MATERIAL = 3
+MIN_MATERIAL_WORDS = 450
+SECTION_TOKENS = 700
+MAX_SECTIONS = 8
+SUMMARY_SYSTEM = ("You summarize passages taken in order from one document. Write a faithful summary in plain "
+                  "prose, in your own words: who does what, and what happens. No lists, no headings, no "
+                  "comments about the passages.")
 
 # Weight of the model's memory gain (nats per token) added to the sentence score; measured on
 # SQuALITY dev (README, "Quality"), 0 = not used.
@@ -50,9 +62,12 @@ class SummaryResult:
     facts: RunFacts
     budget: Budget
     warnings: list[str] = field(default_factory=list)
+    sections: list[dict] = field(default_factory=list)   # written summaries: text and where it came from
+    writer: Optional[str] = None
 
     def as_dict(self) -> dict:
         return {"summary": self.summary, "mode": self.mode, "evidence": [p.evidence() for p in self.evidence],
+                "sections": self.sections, "writer": self.writer,
                 "words": len(self.summary.replace(" …", "").split()),
                 "budget": {"words": self.budget.words, "sentences": self.budget.sentences},
                 **self.facts.as_dict(), "warnings": self.warnings}
@@ -97,6 +112,72 @@ def generate_summary(loaded: LoadedModel, state: StreamState, chosen: list[Passa
     return shown.strip()
 
 
+def _where(group: list[Passage]) -> dict:
+    if group[0].page is not None:
+        return {"pages": [group[0].page, group[-1].page]}
+    return {"lines": [group[0].line, group[-1].line]}
+
+
+def _where_text(w: dict) -> str:
+    a, b = w.get("pages") or w.get("lines")
+    kind = "p." if "pages" in w else "line"
+    kinds = "pp." if "pages" in w else "lines"
+    return f"{kind} {a}" if a == b else f"{kinds} {a}-{b}"
+
+
+def sections_of(loaded: LoadedModel, chosen: list[Passage], max_tokens: int = SECTION_TOKENS,
+                max_sections: int = MAX_SECTIONS) -> list[list[Passage]]:
+    """The chosen sentences (document order) in consecutive groups of bounded size."""
+    tok = loaded.tokenizer
+    total = sum(len(tok.encode(p.text)) for p in chosen)
+    per = max(max_tokens if total <= max_tokens * max_sections else -(-total // max_sections), 1)
+    groups: list[list[Passage]] = [[]]
+    used = 0
+    for p in chosen:
+        n = len(tok.encode(p.text))
+        if groups[-1] and used + n > per:
+            groups.append([])
+            used = 0
+        groups[-1].append(p)
+        used += n
+    return [g for g in groups if g]
+
+
+def _cut_to_words(text: str, words: int) -> str:
+    """At most `words` words, ending at a sentence end where one is near."""
+    ws = text.split()
+    if len(ws) <= words:
+        return text.strip()
+    cut = " ".join(ws[:words])
+    end = max(cut.rfind(". "), cut.rfind("! "), cut.rfind("? "), cut.rfind("."))
+    return cut[: end + 1] if end >= len(cut) // 2 else cut + " …"
+
+
+def write_summary(writer: LoadedModel, chosen: list[Passage], budget: Budget,
+                  on_text: Optional[Callable[[str], None]] = None) -> tuple[str, list[dict]]:
+    """Section summaries in document order, each at its share of the budget, each citing where."""
+    words = budget.words or 25 * (budget.sentences or 5)
+    groups = sections_of(writer, chosen)
+    share = max(15, words // len(groups))
+    parts: list[dict] = []
+    for i, g in enumerate(groups):
+        where = _where(g)
+        ask = f"Summarize these passages in at most {share} words."
+        fixed = len(writer.tokenizer.encode(SUMMARY_SYSTEM + ask)) + 64
+        max_tokens = int(share * 1.6) + 16
+        texts = fit_passages(writer, [p.text for p in g], writer.config.segment_len - max_tokens - fixed)
+        messages = [{"role": "system", "content": SUMMARY_SYSTEM},
+                    {"role": "user", "content": "Passages:\n" + "\n".join(texts) + "\n\n" + ask}]
+        if on_text is not None and i:
+            on_text(" ")
+        text = _cut_to_words(write(writer, messages, max_tokens), share)
+        if on_text is not None:
+            on_text(text + f" [{_where_text(where)}]")
+        parts.append({"summary": text, **where})
+    summary = " ".join(p["summary"] for p in parts)
+    return summary, parts
+
+
 def summarize(
     loaded: LoadedModel,
     doc: Document,
@@ -107,14 +188,23 @@ def summarize(
     on_text: Optional[Callable[[str], None]] = None,
     cache_root=None,
     model_weight: float = MODEL_WEIGHT,
+    writer: Optional[LoadedModel] = None,
 ) -> SummaryResult:
+    """Read `doc` with `loaded` (the reader) and summarize; with a `writer`, the summary is
+    written section by section from a larger extractive selection."""
     started = time.perf_counter()
     pool = SummaryPool()
     read = read_or_load(loaded, doc, [pool.add], use_cache, quiet, console, cache_root)
-    chosen = choose(pool, read.index, budget, loaded, read.state, model_weight)
+    words = budget.words or 25 * (budget.sentences or 5)
+    material = Budget(words=max(MIN_MATERIAL_WORDS, MATERIAL * words)) if writer is not None else budget
+    chosen = choose(pool, read.index, material, loaded, read.state, model_weight)
     warnings = list(read.warnings)
     if not chosen:
         warnings.append("no sentence of 5 to 60 words found to summarize with")
+    if writer is not None and chosen:
+        text, sections = write_summary(writer, chosen, budget, on_text)
+        return SummaryResult(text, WRITTEN, chosen, RunFacts.of(read, loaded, started), budget, warnings,
+                             sections, str(writer.header.path))
     if generates_answers(loaded) and chosen:
         mode = GENERATED
         text = generate_summary(loaded, read.state, chosen, budget, on_text)

@@ -1,0 +1,107 @@
+"""A converted writer (SmolLM2-135M-Instruct, ...) writing from what is put in its window.
+
+The writer is prompted in its own chat template, kept in the checkpoint's metadata as the
+GGUF carried it, rendered in a sandboxed Jinja environment (a template is data from a file:
+it may format messages, never reach Python). Its memory gates start local-only, so it reads
+nothing but its window: the reader model streams the document and picks the evidence, the
+writer reads the evidence (README, "Which model reads and which writes").
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from ..checkpoint import LoadedModel
+from ..memory import StreamState
+
+NOT_IN_DOCUMENT = "The document does not say."
+
+
+def is_writer(loaded: LoadedModel) -> bool:
+    """A model converted with a chat template: it writes, but its memory is not trained."""
+    return bool(loaded.header.chat.get("template"))
+
+
+def render_chat(loaded: LoadedModel, messages: list[dict[str, str]]) -> str:
+    """The conversation in the model's chat template, ending where the assistant speaks."""
+    chat = loaded.header.chat
+    template = chat.get("template")
+    if not template:
+        body = "\n\n".join(m["content"] for m in messages)
+        return body + "\nAnswer:"
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(template).render(
+            messages=messages, add_generation_prompt=True,
+            bos_token=chat.get("bos_token") or "", eos_token=chat.get("eos_token") or "")
+    except TemplateError as e:
+        raise ValueError(f"{loaded.header.path}: its chat template failed ({e})") from None
+
+
+def fit_passages(loaded: LoadedModel, texts: list[str], budget_tokens: int) -> list[str]:
+    """The longest prefix of texts (best first) whose tokens fit the budget; a passage that
+    alone is too long is cut at a word boundary."""
+    tok = loaded.tokenizer
+    kept: list[str] = []
+    used = 0
+    for t in texts:
+        n = len(tok.encode(t)) + 4
+        if used + n > budget_tokens:
+            if not kept:
+                words = t.split()
+                while words and len(tok.encode(" ".join(words))) + 4 > budget_tokens:
+                    words = words[: len(words) * 3 // 4]
+                if words:
+                    kept.append(" ".join(words) + " …")
+            break
+        kept.append(t)
+        used += n
+    return kept
+
+
+def _repeats(ids: list[int], n: int = 12) -> bool:
+    """The last n tokens already occurred: a small writer caught in a loop."""
+    if len(ids) < 2 * n:
+        return False
+    tail = ids[-n:]
+    return any(ids[i:i + n] == tail for i in range(len(ids) - 2 * n + 1))
+
+
+def write(loaded: LoadedModel, messages: list[dict[str, str]], max_tokens: int,
+          on_text: Optional[Callable[[str], None]] = None) -> str:
+    """Greedy generation in a fresh stream; text is streamed to on_text as it is decided."""
+    from ..stream import generate
+
+    tok = loaded.tokenizer
+    prompt = tok.encode(render_chat(loaded, messages))
+    # local attention spans one segment; the writer's memory is not trained, so the prompt
+    # and the answer must share one (callers budget their passages with fit_passages)
+    room = loaded.config.segment_len - max_tokens
+    if len(prompt) > room:
+        raise ValueError(f"the writer's prompt ({len(prompt)} tokens) does not fit its window ({room})")
+    state = StreamState.empty(loaded.config, device=loaded.device)
+    ids: list[int] = []
+    shown = ""
+    for t in generate(loaded.model, state, prompt, max_tokens,
+                      stop=lambda out: out[-1] == tok.eos_id or _repeats(out)):
+        if t == tok.eos_id:
+            break
+        ids.append(t)
+        if _repeats(ids):
+            break
+        text = tok.decode(ids)
+        # hold back a trailing replacement character: a multi-byte letter split across tokens
+        if text.endswith("\ufffd"):
+            continue
+        if on_text is not None and len(text) > len(shown):
+            on_text(text[len(shown):])
+        shown = text
+    return shown.strip()
