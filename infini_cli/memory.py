@@ -146,6 +146,12 @@ class StreamState:
             meta=dict(self.meta),
         )
 
+    def select(self, b: int) -> "StreamState":
+        """Stream b of a batch, as a batch of one (views, never written in place)."""
+        pick = lambda ts: [t[b:b + 1] for t in ts]  # noqa: E731
+        return StreamState(pick(self.M), pick(self.z), pick(self.k_local), pick(self.v_local),
+                           self.tokens_seen, self.segments_written, dict(self.meta))
+
     def to(self, device: Union[str, torch.device]) -> "StreamState":
         mv = lambda ts: [t.to(device) for t in ts]  # noqa: E731
         return StreamState(mv(self.M), mv(self.z), mv(self.k_local), mv(self.v_local),

@@ -15,10 +15,10 @@ from infini_cli.stream import feed
 transformers = pytest.importorskip("transformers")
 
 
-def make_hf_llama(folder, tokenizer, tie=False):
+def make_hf_llama(folder, tokenizer, tie=False, max_positions=64):
     cfg = transformers.LlamaConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions, rms_norm_eps=1e-6,
         rope_theta=10000.0, tie_word_embeddings=tie,
     )
     torch.manual_seed(0)

@@ -78,8 +78,12 @@ def writer_messages(question: str, passages: list[str]) -> list[dict[str, str]]:
 def write_answer(writer: LoadedModel, evidence: list[Passage], question: str,
                  on_text: Optional[Callable[[str], None]] = None, max_tokens: int = WRITER_ANSWER_TOKENS) -> str:
     """The writer's answer from the evidence in its window (best evidence first)."""
+    max_tokens = min(max_tokens, writer.config.segment_len // 4)
     overhead = len(writer.tokenizer.encode(str(writer_messages(question, [])))) + 64
     budget = writer.config.segment_len - max_tokens - overhead
+    if budget < 32:
+        raise InputError(f"{writer.header.path}: its window ({writer.config.segment_len} tokens) is too small for "
+                         "a question and its evidence; convert it with a larger --segment-len")
     texts = fit_passages(writer, [p.text for p in evidence], budget)
     return write(writer, writer_messages(question, texts), max_tokens, on_text)
 

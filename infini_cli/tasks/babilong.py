@@ -182,8 +182,8 @@ class SampleBuilder:
         budget = length - facts_tokens
         if length <= 0 or budget <= 0 or self.haystack is None:
             return SamplePlan(0, 0, tuple(0 for _ in sample.facts))
-        n = max(1, self.haystack.sentences_within(budget))
         start = rng.randrange(len(self.haystack.sentences))
+        n = sentences_within_from(self.haystack, start, budget)
         slots = tuple(sorted(rng.randint(0, n) for _ in sample.facts))
         return SamplePlan(start, n, slots)
 
@@ -220,9 +220,89 @@ class SampleBuilder:
         return self.tok.decode([t for c in self.iter_context(sample, plan) for t in c]).lstrip()
 
 
+def sentences_within_from(haystack: Haystack, start: int, budget: int) -> int:
+    """Largest n with haystack.tokens_in(start, n) <= budget (every sentence has a token)."""
+    lo, hi = 0, max(0, budget)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if haystack.tokens_in(start, mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def draw_samples(task: BabiTask, split: str, n: int, rng: random.Random) -> list[BabiSample]:
     """n samples of a split without replacement (all of them when there are fewer)."""
     pool = task.split(split)
     if n >= len(pool):
         return list(pool)
     return rng.sample(pool, n)
+
+
+# ----------------------------------------------------------------------------- command helpers
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DEFAULT_HAYSTACK = "books/valid/1902_the_vultures.txt"
+
+
+def _shared(rel: str) -> Optional[Path]:
+    for root in (SHARED_DATA, Path("../shared/data")):
+        if (root / rel).exists():
+            return root / rel
+    return None
+
+
+def default_data_dir() -> Path:
+    p = _shared("babi")
+    if p is None:
+        raise InputError("no bAbI data found at ../shared/data/babi; pass --data DIR (files named qa<N>_*.txt)")
+    return p
+
+
+def default_haystack() -> Path:
+    p = _shared(DEFAULT_HAYSTACK)
+    if p is None:
+        raise InputError(f"no haystack found at ../shared/data/{DEFAULT_HAYSTACK}; pass --haystack FILE")
+    return p
+
+
+def parse_lengths(text: str) -> list[int]:
+    """'0,4k,1m' -> [0, 4096, 1048576]; 0 is the facts alone."""
+    from .passkey import parse_length
+
+    out = [0 if t.strip() == "0" else parse_length(t) for t in text.split(",") if t.strip()]
+    if not out:
+        raise InputError("--lengths: give at least one length, e.g. 0,4k,128k")
+    return list(dict.fromkeys(out))
+
+
+def plot_cells(summary: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InputError("--plot needs matplotlib: pip install matplotlib (or the package's [plot] extra)") from None
+    from .passkey import format_length
+
+    tasks = list(dict.fromkeys(c["task"] for c in summary["cells"]))
+    lengths = list(dict.fromkeys(c["length"] for c in summary["cells"]))
+    grid = [[0.0] * len(lengths) for _ in tasks]
+    for c in summary["cells"]:
+        grid[tasks.index(c["task"])][lengths.index(c["length"])] = 100 * c["accuracy"]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.5 + 0.8 * len(lengths)), max(2.5, 1.2 + 0.5 * len(tasks))))
+    im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(lengths)), [format_length(n) if n else "0" for n in lengths])
+    ax.set_yticks(range(len(tasks)), tasks)
+    ax.set_xlabel("document length (tokens)")
+    for i in range(len(tasks)):
+        for j in range(len(lengths)):
+            ax.text(j, i, f"{grid[i][j]:.0f}", ha="center", va="center", fontsize=8)
+    ax.set_title(f"BABILong, % correct ({summary['method']})\n{Path(summary['model']).name}", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,77 @@
+"""A writer (a converted chat model) answers and summarizes from the reader's evidence."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from infini_cli.checkpoint import load_checkpoint
+from infini_cli.cli import app
+from infini_cli.gguf_convert import convert_gguf
+from infini_cli.tasks.writer import fit_passages, is_writer, render_chat, write
+
+from .gguf_factory import write_gguf
+from .test_ask import document
+from .test_convert import make_hf_llama
+
+pytest.importorskip("transformers")
+runner = CliRunner()
+
+
+@pytest.fixture
+def writer_path(tmp_path, tokenizer):
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    out = tmp_path / "writer.safetensors"
+    convert_gguf(write_gguf(tmp_path / "w.gguf", make_hf_llama(hf_dir, tokenizer, max_positions=512), tokenizer), out,
+                 segment_len=512)
+    return out
+
+
+def test_chat_template_renders_in_a_sandbox(writer_path):
+    w = load_checkpoint(writer_path)
+    assert is_writer(w)
+    text = render_chat(w, [{"role": "user", "content": "Hi {{ 7*7 }}"}])
+    # message content is data: never evaluated as a template
+    assert text == "<|im_start|>user\nHi {{ 7*7 }}<|im_end|>\n<|im_start|>assistant\n"
+    w.header.metadata["chat"] = json.dumps({"template": "{{ ''.__class__.__mro__[1].__subclasses__() }}"})
+    with pytest.raises(ValueError, match="chat template failed"):
+        render_chat(w, [{"role": "user", "content": "x"}])
+
+
+def test_write_is_bounded_by_the_window(writer_path):
+    w = load_checkpoint(writer_path)
+    out = write(w, [{"role": "user", "content": "The committee decided."}], 10)
+    assert isinstance(out, str)
+    with pytest.raises(ValueError, match="does not fit"):
+        write(w, [{"role": "user", "content": "word " * 600}], 10)
+    kept = fit_passages(w, ["short one.", "word " * 400, "never reached."], 60)
+    assert kept == ["short one."]
+    assert fit_passages(w, ["word " * 400], 60)[0].endswith("…")
+
+
+def test_ask_with_a_writer_writes_from_the_evidence(tmp_path, writer_path):
+    doc = tmp_path / "d.txt"
+    doc.write_text(document())
+    r = runner.invoke(app, ["ask", str(doc), "Who built the bridge?", "--model", str(writer_path), "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["mode"] == "written" and data["writer"] == str(writer_path)
+    # the reader (bundled model) read the document and found the evidence
+    assert data["model"].endswith("infini-mini.safetensors")
+    assert "Telford" in data["evidence"][0]["text"]
+
+
+def test_summarize_with_a_writer_cites_where(tmp_path, writer_path):
+    doc = tmp_path / "d.txt"
+    doc.write_text(document(200, 100))
+    r = runner.invoke(app, ["summarize", str(doc), "--words", "40", "--model", str(writer_path), "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["mode"] == "written" and data["sections"]
+    assert all("lines" in s and s["lines"][0] <= s["lines"][1] for s in data["sections"])
+    firsts = [s["lines"][0] for s in data["sections"]]
+    assert firsts == sorted(firsts)  # document order
+    assert len(data["summary"].split()) <= 40 + 2 * len(data["sections"])
