@@ -4,8 +4,8 @@
     python benchmarks/bench_engine.py --quick          # == infini bench --quick, under a minute
     python benchmarks/bench_engine.py                  # the full run (roughly half an hour on two idle cores)
 
-Results: benchmarks/results/engine.json and engine.md (or --out FILE and FILE.md).
-The measuring code lives in infini_cli/benchmark.py.
+Results: printed; written only with --out FILE (and FILE.md).
+The measuring code lives in benchmarks/engine_bench.py.
 """
 
 from __future__ import annotations

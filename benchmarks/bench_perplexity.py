@@ -1,6 +1,6 @@
 """Perplexity on held-out novels: memory on vs off, and the int8 file vs the float model.
 
-    python benchmarks/bench_perplexity.py --model models/infini-small.safetensors \
+    python benchmarks/bench_perplexity.py --model infini_cli/models/infini-small.safetensors \
         --float runs/small/model.safetensors --tokens 50000
 
 Prints a table and writes benchmarks/results/perplexity.json.
@@ -30,7 +30,7 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "books" / "valid")
     ap.add_argument("--tokens", type=int, default=50_000, help="tokens from the start of each novel")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "perplexity.json")
+    ap.add_argument("--out", type=Path, default=None, help="write the results JSON here (nothing is written without it)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,8 +63,9 @@ def main() -> int:
     fl = [r for r in rows if r["model"] == "float32"]
     if fl:
         result["quantized_vs_float"] = round(on["perplexity"] / fl[0]["perplexity"] - 1, 6)  # a fraction: 1e-4 is 0.01%
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}))
     return 0
 

@@ -393,7 +393,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="summarize: weight of the model's memory gain for an extra row (0: skip)")
     ap.add_argument("--novel", default="1912_the_lost_world.txt")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/infini-bench-quality"))
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality.json")
+    ap.add_argument("--out", type=Path, default=None, help="write the results JSON here (nothing is written without it)")
     args = ap.parse_args(argv)
 
     if not (args.data / "squad").is_dir() and not (args.data / "squality").is_dir():
@@ -422,9 +422,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     print_report(res)
     if note:
         print(f"\nnote: {note}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2) + "\n")
+        print(f"\nwrote {args.out}")
     return 0
 
 

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_readers.py --quick              # a minute or two
     nice -n 19 python benchmarks/bench_readers.py           # the README's figures
-    python benchmarks/bench_readers.py --model models/infini-small.safetensors   # its tokenizer
+    python benchmarks/bench_readers.py --model infini_cli/models/infini-small.safetensors   # its tokenizer
 
 Measures
 1. reading + tokenizing speed, no model: MB/s for a generated text file, pages/s for a
@@ -254,7 +254,7 @@ def main() -> None:
     ap.add_argument("--pages", type=int, default=None, help="pages of the generated PDF (default 2000)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the streaming runs")
     ap.add_argument("--workdir", default="/tmp/infini-bench-readers")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "readers.json"))
+    ap.add_argument("--out", default=None, help="write the results JSON here (nothing is written without it)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -312,11 +312,12 @@ def main() -> None:
         "no_engine": no_engine,
         "verdict": {"stream": verdict(stream), "no_engine": verdict(no_engine)},
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
     print_report(report)
-    log(f"wrote {out}")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        log(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ app = typer.Typer(
          "Examples:\n\n"
          "  infini passkey-test --lengths 1k,32k\n\n"
          "  infini ask report.pdf \"What did the committee decide?\"\n\n"
-         "  infini info models/infini-mini.safetensors --json",
+         "  infini info infini-mini --json",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
     add_completion=False,
@@ -113,7 +113,7 @@ def info(
 ) -> None:
     """Show a checkpoint's size, shape and memory state against a KV cache.
 
-    Example: infini info models/infini-mini.safetensors --json
+    Example: infini info infini-mini --json
     """
     from .checkpoint import read_header
     from .info import checkpoint_info
@@ -151,7 +151,7 @@ def quantize(
 ) -> None:
     """Quantize a checkpoint's weights to int8 or int4; prints sizes and the weights' error.
 
-    Example: infini quantize runs/mini-long/model.safetensors models/infini-mini.safetensors --bits 8
+    Example: infini quantize runs/mini-long/model.safetensors infini_cli/models/infini-mini.safetensors --bits 8
     """
     from .checkpoint import read_header, read_tensors, save_tensors
     from .errors import InputError
@@ -269,7 +269,7 @@ def train(
 
     Resumes from the run folder's last checkpoint when there is one; Ctrl-C saves and stops.
 
-    Example: infini train --config models/train_mini.json --export models/infini-mini.safetensors
+    Example: infini train --config models/train_mini.json --export infini_cli/models/infini-mini.safetensors
     """
     from .device import resolve_device, set_threads
     from .errors import InputError
@@ -923,15 +923,16 @@ def bench(
     model: Optional[Path] = ModelOpt,
     device: str = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
-    out_file: Optional[Path] = typer.Option(None, "--out", help="JSON results file (default benchmarks/results/engine.json); "
-                                            "the markdown table goes beside it (.md)."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON results here, and the markdown "
+                                            "tables beside it (.md); nothing is written without it."),
     case_timeout: Optional[float] = typer.Option(None, "--case-timeout", help="Seconds allowed per side-by-side case."),
     tiny: bool = typer.Option(False, "--tiny", hidden=True, help="Tests: the tiny preset, in-process, seconds."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Measure speed and memory: compute limit and MFU, full attention and transformers side by side,
     flat peak RSS up to 10M tokens, int8 vs float decoding. The full run takes roughly half an hour on
-    two CPU cores; machines are noisy, so read the ratios.
+    two CPU cores; machines are noisy, so read the ratios. Runs from a source checkout (the
+    measuring code is benchmarks/engine_bench.py, not part of the package).
 
     Examples:
 
@@ -941,29 +942,45 @@ def bench(
     """
     import dataclasses
 
-    from . import benchmark as bm
-    from .checkpoint import default_model_path
     from .device import resolve_device, set_threads
+    from .errors import InputError
+    from .registry import default_model_for, resolve_model
 
+    bm = _engine_bench()
     set_threads(threads)
     dev = resolve_device(device)
     plan = bm.tiny_plan() if tiny else bm.QUICK if quick else bm.FULL
     if case_timeout is not None:
         plan = dataclasses.replace(plan, case_timeout_s=case_timeout)
-    if model is not None and not model.exists():
-        from .checkpoint import read_header
-
-        read_header(model)  # raises the one-line CheckpointError
-    path = model or default_model_path()
+    path = resolve_model(model) if model is not None else default_model_for("passkey")
+    if not path.exists():
+        raise InputError(f"{path}: no such checkpoint")
     log = (lambda s: err.print(Text("bench ", style="dim") + Text(s)))
     res = bm.run_benchmark(plan, str(path), threads, dev if dev.type == "cuda" else None, log)
     command = "infini bench" + (" --quick" if quick else "") + (f" --threads {threads}" if threads else "")
-    json_path, md_path = bm.write_results(res, out_file or bm.default_output(), command)
+    written = bm.write_results(res, out_file, command) if out_file is not None else None
     if as_json:
         out.print_json(json.dumps(res))
         return
     bm.print_report(res, out)
-    out.print(f"wrote {json_path} and {md_path}")
+    if written:
+        out.print(f"wrote {written[0]} and {written[1]}")
+
+
+def _engine_bench():
+    """benchmarks/engine_bench.py from the source checkout this package runs from."""
+    import importlib
+    import sys as _sys
+
+    from .errors import InputError
+
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    if not (folder / "engine_bench.py").exists():
+        raise InputError("infini bench runs from a source checkout (benchmarks/engine_bench.py is not installed "
+                         "with the package): clone the repository and pip install -e \".[test]\"")
+    if str(folder) not in _sys.path:
+        _sys.path.insert(0, str(folder))
+    return importlib.import_module("engine_bench")
 
 
 def main() -> None:

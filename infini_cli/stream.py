@@ -203,14 +203,16 @@ def generate(
     use_memory: bool = True,
     question_tokens: int = 0,
     answer_reserve: int = 0,
+    logit_bias: Optional[torch.Tensor] = None,
 ) -> Iterator[int]:
     """Continue the stream: feed the prompt, then yield generated tokens one by one.
 
     Generated tokens join the current segment like any other; a full segment is written
     into memory, so decoding never runs past the trained positions. With question_tokens,
     the prompt's last question_tokens and answer_reserve new tokens are kept in one
-    segment where they fit (start_segment_for). The caller's `state` is not modified
-    (tensors are replaced, never written in place).
+    segment where they fit (start_segment_for). `logit_bias` [vocab] is added to every
+    step's logits (a writer leaning towards the words of its evidence). The caller's
+    `state` is not modified (tensors are replaced, never written in place).
     """
     if not prompt:
         raise ValueError("generate needs at least one prompt token")
@@ -223,7 +225,8 @@ def generate(
     logits, state = feed(model, state, prompt, logits="last", use_memory=use_memory)
     out: list[int] = []
     for _ in range(max_new_tokens):
-        tok = sample_next(logits[0, -1], sampling, gen)
+        step = logits[0, -1] if logit_bias is None else logits[0, -1].float() + logit_bias.to(logits.device)
+        tok = sample_next(step, sampling, gen)
         out.append(tok)
         yield tok
         if stop is not None and stop(out):

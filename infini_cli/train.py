@@ -92,6 +92,7 @@ class TrainConfig:
     babi_segments_start: int = 0        # curriculum: longest document at step 0 (0: none)
     babi_ramp: int = 0                  # steps over which documents grow to babi_segments
     babi_loss_weight: float = 1.0
+    babi_local_prob: float = 0.0        # share of documents ending mid-segment (their tail in local attention)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -23,13 +23,15 @@ from .tokenizer import TextTokenizer
 
 class BabilongSampler:
     def __init__(self, tok: TextTokenizer, segment_len: int, babi_dir: str, tasks: str, book_paths: list[str],
-                 max_segments: int, start_segments: int, ramp: int, split: str = "train") -> None:
+                 max_segments: int, start_segments: int, ramp: int, split: str = "train",
+                 local_prob: float = 0.0) -> None:
         self.tok, self.S = tok, segment_len
         self.babi_dir, self.task_names = babi_dir, tasks
         self.tasks = load_tasks(Path(babi_dir), parse_tasks(tasks))
         self.pools = [t.split(split) for t in self.tasks]
         self.book_paths = book_paths
         self.max_segments, self.start_segments, self.ramp = max_segments, start_segments, ramp
+        self.local_prob = local_prob
         self._texts: dict[str, str] = {}
 
     def valid(self) -> "BabilongSampler":
@@ -80,17 +82,25 @@ class BabilongSampler:
         n = max(drawn, max(-(-f // S) for f in facts))
         seqs, pos, tgt = [], [], []
         for i, (s, b) in enumerate(zip(samples, builders)):
-            plan = b.plan(s, n * S, rng, facts[i])
-            ctx = [t for c in b.iter_exact(s, plan, n * S) for t in c][: n * S]
             q = b.question_ids(s)
             a = self.tok.encode(ANSWER_TEMPLATE.format(answer=s.answer))
-            tail = (q + a)[:S]
+            # where the document ends: on a boundary (the question starts a segment and the
+            # answer must come from memory), or with local_prob, up to m tokens into the last
+            # segment, which the question then shares, as stream.start_segment_for lets it
+            # wherever it fits: the document's tail is then in local attention
+            room = S - len(q) - len(a)
+            m = rng.randint(0, room) if room > 0 and rng.random() < self.local_prob else 0
+            n_doc = max(n * S + m, facts[i])
+            plan = b.plan(s, n_doc, rng, facts[i])
+            ctx = [t for c in b.iter_exact(s, plan, n_doc) for t in c][:n_doc]
+            start = len(ctx)
+            tail = (q + a)[:(n + 1) * S - start]
             for j in range(len(a)):
-                if len(q) + j < S:
+                if start + len(q) + j < (n + 1) * S:
                     # the token before answer token j predicts it
-                    pos.append((i, n * S + len(q) - 1 + j))
+                    pos.append((i, start + len(q) - 1 + j))
                     tgt.append(a[j])
-            seqs.append(ctx + tail + [self.tok.pad_id] * (S - len(tail)))
+            seqs.append(ctx + tail + [self.tok.pad_id] * ((n + 1) * S - start - len(tail)))
         return torch.tensor(seqs), torch.tensor(pos), torch.tensor(tgt), [s.task for s in samples]
 
 
@@ -98,4 +108,4 @@ def make_sampler(cfg, tok: TextTokenizer, segment_len: int, book_paths: list[str
     if cfg.batch_babi <= 0:
         return None
     return BabilongSampler(tok, segment_len, cfg.babi_dir, cfg.babi_tasks, book_paths, cfg.babi_segments,
-                           cfg.babi_segments_start, cfg.babi_ramp)
+                           cfg.babi_segments_start, cfg.babi_ramp, local_prob=cfg.babi_local_prob)

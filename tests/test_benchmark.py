@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from infini_cli import benchmark as bm
 from infini_cli.cli import app
 from infini_cli.config import preset
 from infini_cli.memory import StreamState
@@ -16,6 +17,9 @@ from infini_cli.quantize import Int8Linear, int8_kernel_available, use_int8_line
 from infini_cli.stream import feed
 
 from .conftest import random_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import engine_bench as bm  # noqa: E402
 
 REQUIRED = ("cpu_matmul_gflops", "flops_per_token", "ingest_tokens_per_second", "mfu",
             "speedup_vs_transformers", "peak_rss_mb")

@@ -111,6 +111,7 @@ def test_interrupted_read_leaves_no_entry(tmp_path, tiny_checkpoint, cache_dir, 
     assert not any(x.name.startswith(".tmp-") for x in cache_dir.iterdir())
 
 
+@pytest.mark.slow
 def test_cache_list_and_clear(tmp_path, tiny_checkpoint, cache_dir):
     r = run("cache", "list")
     assert r.exit_code == 0 and "empty" in r.stdout

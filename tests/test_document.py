@@ -41,6 +41,7 @@ def test_help_lists_read():
     assert r.exit_code == 0 and "--password" in r.output and "--quiet" in r.output
 
 
+@pytest.mark.slow
 def test_read_text_json(tmp_path, tiny_checkpoint, tokenizer):
     p = tmp_path / "book.txt"
     p.write_text(TEXT, encoding="utf-8")
@@ -60,6 +61,7 @@ def test_read_pdf_table(tmp_path, tiny_checkpoint):
     assert "pages" in r.output and "tokens" in r.output and "report.pdf" in r.output
 
 
+@pytest.mark.slow
 def test_read_stdin(tiny_checkpoint, tokenizer):
     r = run("read", "-", "--model", tiny_checkpoint, "--json", input=TEXT.encode())
     assert r.exit_code == 0, r.output

@@ -179,6 +179,7 @@ def test_default_model_is_the_bundled_checkpoint():
     assert json.loads(r.output)["model"].endswith("infini-mini.safetensors")
 
 
+@pytest.mark.slow
 def test_the_bundled_model_finds_passkeys():
     """A regression guard on the shipped checkpoint: all 20 of these trials were right when it shipped."""
     from infini_cli.checkpoint import default_model_path

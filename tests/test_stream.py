@@ -125,6 +125,7 @@ def test_state_size_is_constant():
     assert s10.memory_bytes() == cfg.memory_state_floats() * 4
 
 
+@pytest.mark.slow
 def test_a_million_random_tokens_leave_no_nan_or_inf():
     # narrow and long-segmented so a million tokens take seconds; the memory still takes 1,024 writes
     cfg = dataclasses.replace(preset("tiny"), d_model=16, n_heads=2, n_kv_heads=1, ffn_dim=32, segment_len=1024)

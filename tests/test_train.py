@@ -37,6 +37,7 @@ def params(path):
     return load_checkpoint(path).model.state_dict()
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_model_as_an_unbroken_run(tmp_path, books):
     whole = train(tiny_run(tmp_path, books, 4, "whole"), log=lambda s: None)
     train(tiny_run(tmp_path, books, 2, "split"), log=lambda s: None)
@@ -178,6 +179,7 @@ def test_a_run_with_every_task_trains(tmp_path, books):
     assert all(0.0 <= r["copy_acc"] <= 1.0 for r in rows)
 
 
+@pytest.mark.slow
 def test_stop_at_ends_early_without_changing_the_schedule(tmp_path, books):
     whole = train(tiny_run(tmp_path, books, 4, "whole"), log=lambda s: None)
     cfg = tiny_run(tmp_path, books, 4, "staged")

@@ -1,0 +1,304 @@
+"""The writer (`infini pull smollm2`) against the extractive answers, side by side in one run.
+
+    python benchmarks/bench_writer.py --sections ask --articles 10 --questions 20     # SQuAD-long
+    python benchmarks/bench_writer.py --sections summarize --stories 20              # SQuALITY
+    python benchmarks/bench_writer.py --sections speed --threads 1,2                 # tokens/s
+
+Sections:
+- ask: SQuAD v1.1 dev articles, each joined into one document and read once by the reader
+  (the bundled model, as `infini ask` does); the first --questions questions of each of
+  --articles articles spread evenly over the dev set (a fixed, stated sample). For each:
+  the writer's answer from the top-8 evidence (the product's path: tasks.ask.write_answer)
+  and the extractive answer (the top evidence sentence), scored with SQuAD's exact match
+  and token F1 (official normalisation; best over the gold answers). Absent answers: the
+  same questions asked of the next article, where the answer is not: how often the writer
+  says the document does not say (and how often it says so when the answer is there).
+- summarize: SQuALITY stories (--split, default test), 'What is the plot of the story?'
+  references, ROUGE-1/2/L F1 (rouge_score, stemmed, best of the references) at --words words:
+  the written summary, the extractive one, TextRank and lead (bench_quality's baselines).
+- speed: the writer's ingest (prefill) and decode tokens/s, float32 weights and the int8
+  kernel, at each --threads; peak RSS.
+
+Data: ../shared/data (or --data); skips cleanly when it or the writer is absent. Results go
+to --out (JSON) only when given; a table is printed either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import resource
+import string
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- SQuAD scoring (official)
+
+def normalize_answer(s: str) -> str:
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def f1_score(prediction: str, gold: str) -> float:
+    p, g = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    common = Counter(p) & Counter(g)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(p), same / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match(prediction: str, gold: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(gold))
+
+
+def best(metric, prediction: str, golds: list[str]) -> float:
+    return max(metric(prediction, g) for g in golds)
+
+
+# ----------------------------------------------------------------------------- ask
+
+def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_questions: int) -> dict:
+    from bench_quality import read_text
+
+    from infini_cli.tasks.ask import write_answer
+    from infini_cli.tasks.evidence import AskPool, AskWeights, QuestionScorer
+    from infini_cli.tasks.writer import NOT_IN_DOCUMENT
+
+    articles = json.loads((data_dir / "squad" / "dev-v1.1.json").read_text())["data"]
+    step = max(1, len(articles) // n_articles)
+    picked = list(range(0, len(articles), step))[:n_articles]
+    tot = Counter()
+    examples = []
+    t0 = time.perf_counter()
+    said_absent = lambda text: NOT_IN_DOCUMENT.lower().rstrip(".") in text.lower()  # noqa: E731
+
+    def evidence_of(rd, ps, q):
+        pool = AskPool(QuestionScorer(q, AskWeights()))
+        for p in ps:
+            pool.add(p, rd.index.stats)
+        return pool.ranked(rd.index.stats)[:8]
+
+    docs = {}
+
+    def doc(ai):
+        if ai not in docs:
+            text = "\n\n".join(p["context"] for p in articles[ai]["paragraphs"])
+            docs[ai] = read_text(reader, text, workdir, f"squad-{ai}.txt")
+        return docs[ai]
+
+    for k, ai in enumerate(picked):
+        qas = [qa for p in articles[ai]["paragraphs"] for qa in p["qas"]][:n_questions]
+        rd, ps = doc(ai)
+        other = picked[(k + 1) % len(picked)]
+        for qa in qas:
+            q, golds = qa["question"], [a["text"] for a in qa["answers"]]
+            ev = evidence_of(rd, ps, q)
+            written = write_answer(writer, ev, q) if ev else NOT_IN_DOCUMENT
+            extractive = ev[0].text if ev else ""
+            tot["n"] += 1
+            tot["written_em"] += best(exact_match, written, golds)
+            tot["written_f1"] += best(f1_score, written, golds)
+            tot["extractive_em"] += best(exact_match, extractive, golds)
+            tot["extractive_f1"] += best(f1_score, extractive, golds)
+            tot["evidence_holds"] += any(normalize_answer(g) in normalize_answer(" ".join(p.text for p in ev))
+                                         for g in golds)
+            tot["absent_said_when_present"] += said_absent(written)
+            # the same question of another article: the answer should be absent there
+            ord_, ops = doc(other)
+            oev = evidence_of(ord_, ops, q)
+            wrong_doc = write_answer(writer, oev, q) if oev else NOT_IN_DOCUMENT
+            holds_there = any(normalize_answer(g) in normalize_answer(" ".join(p.text for p in oev)) for g in golds)
+            if not holds_there:
+                tot["absent_n"] += 1
+                tot["absent_said"] += said_absent(wrong_doc)
+            if len(examples) < 12:
+                examples.append({"question": q, "gold": golds[0], "written": written, "extractive": extractive,
+                                 "other_document": wrong_doc})
+        log(f"ask: article {k + 1}/{len(picked)}, {tot['n']} questions, written F1 "
+            f"{100 * tot['written_f1'] / tot['n']:.1f} vs extractive {100 * tot['extractive_f1'] / tot['n']:.1f}")
+    n = tot["n"]
+    return {"articles": picked, "questions": n, "seconds": round(time.perf_counter() - t0, 1),
+            "rows": {"written (writer, top-8 evidence)": {"em": round(100 * tot["written_em"] / n, 2),
+                                                           "f1": round(100 * tot["written_f1"] / n, 2)},
+                     "extractive (top evidence sentence)": {"em": round(100 * tot["extractive_em"] / n, 2),
+                                                            "f1": round(100 * tot["extractive_f1"] / n, 2)}},
+            "evidence_holds_answer": round(tot["evidence_holds"] / n, 4),
+            "says_absent_when_absent": round(tot["absent_said"] / tot["absent_n"], 4) if tot["absent_n"] else None,
+            "absent_questions": tot["absent_n"],
+            "says_absent_when_present": round(tot["absent_said_when_present"] / n, 4),
+            "examples": examples}
+
+
+# ----------------------------------------------------------------------------- summarize
+
+def bench_summarize(reader, writer, data_dir: Path, workdir: Path, n_stories: int, n_words: int, split: str) -> dict:
+    from bench_quality import read_text, textrank
+    from rouge_score import rouge_scorer
+
+    from infini_cli.tasks.evidence import Budget, summary_text
+    from infini_cli.tasks.summarize import MATERIAL, MIN_MATERIAL_WORDS, summarize_passages, write_summary
+
+    rows = [json.loads(line) for line in (data_dir / "squality" / f"{split}.jsonl").read_text().splitlines() if line]
+    rows = rows[:n_stories]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    systems = ["written", "extractive", "TextRank", "lead"]
+    totals = {s: Counter() for s in systems}
+    budget = Budget(words=n_words)
+    material = Budget(words=max(MIN_MATERIAL_WORDS, MATERIAL * n_words))
+    t0 = time.perf_counter()
+    example = None
+    for k, r in enumerate(rows):
+        doc = r["document"]
+        refs = [x["response_text"] for x in r["questions"][0]["responses"]]
+        rd, ps = read_text(reader, doc, workdir, "squality-story.txt")
+        written, _ = write_summary(writer, summarize_passages(ps, rd.index, material), budget)
+        outs = {"written": written,
+                "extractive": summary_text(summarize_passages(ps, rd.index, budget), budget),
+                "TextRank": textrank([p.text for p in ps], n_words), "lead": " ".join(doc.split()[:n_words])}
+        for s, text in outs.items():
+            sc = scorer.score_multi(refs, text.replace(" …", ""))
+            for m, v in sc.items():
+                totals[s][m] += v.fmeasure
+            totals[s]["words"] += len(text.split())
+        example = example or {"story": r.get("metadata", {}).get("passage_id", k), "written": written}
+        log(f"summarize: story {k + 1}/{len(rows)}")
+    n = len(rows)
+    return {"split": split, "stories": n, "words": n_words, "seconds": round(time.perf_counter() - t0, 1),
+            "rows": {s: {**{m: round(100 * totals[s][m] / n, 2) for m in ("rouge1", "rouge2", "rougeL")},
+                         "mean_words": round(totals[s]["words"] / n, 1)} for s in systems},
+            "example": example}
+
+
+# ----------------------------------------------------------------------------- speed
+
+def bench_speed(writer_path: Path, threads: list[int], prompt_tokens: int = 512, decode_tokens: int = 64) -> dict:
+    import torch
+
+    from infini_cli.checkpoint import load_checkpoint
+    from infini_cli.memory import StreamState
+    from infini_cli.stream import feed
+
+    out = []
+    for int8 in (False, True):
+        loaded = load_checkpoint(writer_path, int8_linears=int8)
+        ids = loaded.tokenizer.encode(("The committee met in the spring and decided to build a bridge. " * 80))
+        ids = ids[:prompt_tokens]
+        for n in threads:
+            torch.set_num_threads(n)
+            state = StreamState.empty(loaded.config)
+            feed(loaded.model, state, ids[:32], logits="last")  # warm-up
+            t = time.perf_counter()
+            logits, state = feed(loaded.model, StreamState.empty(loaded.config), ids, logits="last")
+            prefill = time.perf_counter() - t
+            tok = int(logits[0, -1].argmax())
+            t = time.perf_counter()
+            for _ in range(decode_tokens):
+                logits, state = feed(loaded.model, state, [tok], logits="last")
+                tok = int(logits[0, -1].argmax())
+            decode = time.perf_counter() - t
+            row = {"weights": "int8 kernel" if int8 else "float32", "threads": n,
+                   "prefill_tokens_per_s": round(len(ids) / prefill, 1),
+                   "decode_tokens_per_s": round(decode_tokens / decode, 1)}
+            out.append(row)
+            log(f"speed: {row}")
+    return {"prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens, "rows": out,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+# ----------------------------------------------------------------------------- main
+
+def print_report(res: dict) -> None:
+    if "ask" in res:
+        a = res["ask"]
+        print(f"\nask on SQuAD-long: {a['questions']} questions of {len(a['articles'])} articles")
+        print(f"{'answer':42} {'EM':>6} {'F1':>6}")
+        for k, v in a["rows"].items():
+            print(f"{k:42} {v['em']:6.2f} {v['f1']:6.2f}")
+        print(f"evidence holds the answer: {a['evidence_holds_answer']:.1%}; says 'does not say' when absent: "
+              f"{a['says_absent_when_absent']} ({a['absent_questions']} q), when present: {a['says_absent_when_present']}")
+    if "summarize" in res:
+        s = res["summarize"]
+        print(f"\nsummarize on SQuALITY {s['split']}: {s['stories']} stories, {s['words']} words")
+        print(f"{'system':12} {'R-1':>6} {'R-2':>6} {'R-L':>6} {'words':>6}")
+        for k, v in s["rows"].items():
+            print(f"{k:12} {v['rouge1']:6.2f} {v['rouge2']:6.2f} {v['rougeL']:6.2f} {v['mean_words']:6.1f}")
+    if "speed" in res:
+        print(f"\nwriter speed (prompt {res['speed']['prompt_tokens']} tokens, then {res['speed']['decode_tokens']} decoded)")
+        for r in res["speed"]["rows"]:
+            print(f"{r['weights']:12} {r['threads']} thr  prefill {r['prefill_tokens_per_s']:8.1f} tok/s  "
+                  f"decode {r['decode_tokens_per_s']:6.1f} tok/s")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sections", default="ask,summarize,speed")
+    ap.add_argument("--writer", default="smollm2", help="the writer's name or path")
+    ap.add_argument("--reader", default="infini-mini")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--articles", type=int, default=10)
+    ap.add_argument("--questions", type=int, default=20)
+    ap.add_argument("--stories", type=int, default=20)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--words", type=int, default=200)
+    ap.add_argument("--threads", default="1,2", help="speed: thread counts; ask/summarize run on the first")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/infini-bench-writer"))
+    ap.add_argument("--out", type=Path, default=None, help="write the results JSON here")
+    args = ap.parse_args(argv)
+
+    from infini_cli.checkpoint import load_checkpoint
+    from infini_cli.errors import InputError
+    from infini_cli.registry import resolve_model
+
+    try:
+        writer_path = resolve_model(args.writer)
+    except InputError as e:
+        log(f"skipped: {e}")
+        return 0
+    if not args.data.exists():
+        log(f"skipped: no data at {args.data}")
+        return 0
+    import torch
+
+    threads = [int(t) for t in args.threads.split(",")]
+    torch.set_num_threads(threads[0])
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    sections = args.sections.split(",")
+    res: dict = {"writer": str(writer_path), "reader": args.reader, "threads": threads[0]}
+    if "ask" in sections or "summarize" in sections:
+        reader = load_checkpoint(resolve_model(args.reader))
+        writer = load_checkpoint(writer_path)
+        if "ask" in sections:
+            res["ask"] = bench_ask(reader, writer, args.data, args.workdir, args.articles, args.questions)
+        if "summarize" in sections:
+            res["summarize"] = bench_summarize(reader, writer, args.data, args.workdir, args.stories, args.words,
+                                               args.split)
+    if "speed" in sections:
+        res["speed"] = bench_speed(writer_path, threads)
+    print_report(res)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
