@@ -36,7 +36,9 @@ app = typer.Typer(
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
-    err.print(Text("error: ", style="bold red") + Text(message), soft_wrap=True)
+    from .terminal import plain
+
+    err.print(Text("error: ", style="bold red") + plain(message), soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -567,12 +569,13 @@ def read(
         raise
     result = read_document(loaded, doc, quiet=quiet, console=err)
     stats = result.stats
-    for w in stats.warnings:
-        err.print(Text("warning: ", style="yellow") + Text(w), soft_wrap=True)
+    _warn_all(stats.warnings)
     if as_json:
         out.print_json(json.dumps(stats.as_dict()))
         return
-    t = Table(title=stats.name, show_header=False)
+    from .terminal import plain
+
+    t = Table(title=plain(stats.name), show_header=False)
     t.add_column(style="bold")
     t.add_column()
     if stats.pages is not None:
@@ -626,6 +629,8 @@ def _where(p: dict) -> str:
 
 
 def _print_evidence(evidence: list[dict], title: str = "Evidence") -> None:
+    from .terminal import plain
+
     if not evidence:
         return
     out.print()
@@ -636,28 +641,33 @@ def _print_evidence(evidence: list[dict], title: str = "Evidence") -> None:
     t.add_column("where", style="cyan", no_wrap=True)
     t.add_column("text", overflow="fold")
     for i, p in enumerate(evidence, 1):
-        t.add_row(str(i), f"{p['score']:.2f}", _where(p), p["text"])
+        t.add_row(str(i), f"{p['score']:.2f}", _where(p), plain(p["text"]))
     out.print(t)
 
 
 def _print_footer(data: dict) -> None:
     from .tasks.ask import MODE_NOTE
+    from .terminal import plain
 
     parts = [MODE_NOTE.get(data["mode"], data["mode"]), f"{Path(data['document']).name}",
              f"{data['tokens']:,} tokens" + (f", {data['pages']} pages" if data.get("pages") else ""),
              f"{data['seconds']:.2f} s", "document memory from the cache" if data["cached"] else "read now"]
     out.print()
-    out.print(Text(" · ".join(parts), style="dim"))
+    out.print(plain(" · ".join(parts), style="dim"))
 
 
 def _warn_all(warnings: list[str]) -> None:
+    from .terminal import plain
+
     for w in warnings:
-        err.print(Text("warning: ", style="yellow") + Text(w), soft_wrap=True)
+        err.print(Text("warning: ", style="yellow") + plain(w), soft_wrap=True)
 
 
 def _stream_printer() -> Callable[[str], None]:
+    from .terminal import plain
+
     def show(piece: str) -> None:
-        out.print(piece, end="", soft_wrap=True, markup=False)
+        out.print(plain(piece), end="", soft_wrap=True)
     return show
 
 
@@ -866,6 +876,8 @@ def cache_list(as_json: bool = JsonOpt) -> None:
     """
     import datetime
 
+    from .terminal import plain
+
     from . import cache as doc_cache
 
     root = doc_cache.cache_dir()
@@ -893,7 +905,7 @@ def cache_list(as_json: bool = JsonOpt) -> None:
     t.add_column("created")
     t.add_column("last used")
     for r in rows:
-        t.add_row(Path(str(r["document"])).name, Path(str(r["model"])).name, r["key"][:8], f"{int(r['tokens'] or 0):,}", human_bytes(r["bytes"]),
+        t.add_row(plain(Path(str(r["document"])).name), plain(Path(str(r["model"])).name), r["key"][:8], f"{int(r['tokens'] or 0):,}", human_bytes(r["bytes"]),
                   when(r["created"]), when(r["last_used"]))
     out.print(t)
     out.print(f"{len(rows)} document{'s' if len(rows) != 1 else ''}, {human_bytes(sum(r['bytes'] for r in rows))}")

@@ -72,7 +72,10 @@ def assert_one_line_error(result, code, *words):
 
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path, monkeypatch):
-    """Every test gets its own document cache, never the user's."""
+    """Every test gets its own document cache and data directory, never the user's (a writer
+    pulled there would otherwise become the tests' default for ask and summarize)."""
     d = tmp_path / "cache"
     monkeypatch.setenv("INFINI_CACHE_DIR", str(d))
+    monkeypatch.setenv("INFINI_HOME", str(tmp_path / "infini-home"))
+    monkeypatch.delenv("INFINI_MODEL", raising=False)
     return d

@@ -108,3 +108,27 @@ def test_train_bad_config(tmp_path):
     p = tmp_path / "t.json"
     p.write_text('{"stepz": 3}')
     assert_one_line_error(run("train", "--config", p), 2, "stepz")
+
+
+def test_document_text_is_never_markup_or_terminal_control(tmp_path):
+    """A document holding rich markup and escape sequences: printed verbatim, controls removed."""
+    from typer.testing import CliRunner as _Runner
+
+    from infini_cli.cli import app as _app
+
+    doc = tmp_path / "evil.txt"
+    evil = ("The treasure is buried [/bold] under the [link=http://x.example]old oak[/link] tree.\x1b]0;pwned\x07 "
+            "The treasure was moved.\x1b[2J Nobody \x1b]52;c;aGVsbG8=\x07knows the treasure.\n")
+    doc.write_text(evil * 20)
+    r = _Runner().invoke(_app, ["ask", str(doc), "Where is the treasure buried?", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert "[/bold]" in r.output and "[link=http://x.example]" in r.output
+    assert "\x1b" not in r.output and "\x07" not in r.output
+    s = _Runner().invoke(_app, ["summarize", str(doc), "--words", "30", "--threads", "1"])
+    assert s.exit_code == 0 and "\x1b" not in s.output and "[/bold]" in s.output
+
+
+def test_strip_controls_keeps_text_and_layout():
+    from infini_cli.terminal import strip_controls
+
+    assert strip_controls("a\x1b[31mred\x1b[0m b\tc\nd\x07e\x1b]0;t\x1b\\f\u202eg") == "ared b\tc\ndefg"
