@@ -384,6 +384,8 @@ def passkey_test(
         pk.write_summary(out_dir, summary)
     if plot is not None:
         pk.plot_heatmap(summary, length_list, depth_list, plot)
+        if not as_json:
+            err.print(Text(f"wrote {plot}"), soft_wrap=True)
     if as_json:
         out.print_json(json.dumps(summary))
         return

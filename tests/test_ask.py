@@ -220,3 +220,22 @@ def test_no_match_says_so(tmp_path, tiny_checkpoint):
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["answer"] == "" and data["evidence"] == [] and data["warnings"]
+
+
+def test_who_is_questions_prefer_a_defining_sentence():
+    from infini_cli.tasks.evidence import definition_pattern
+
+    p = definition_pattern("Who is Professor Challenger?")
+    assert p.search('"Professor Challenger, the famous zoologist!')
+    assert p.search("Professor Challenger was a man of great size.")
+    assert not p.search("Professor Challenger answered that they had.")
+    assert not p.search("in the handwriting of Professor Challenger, were the words")
+    assert definition_pattern("Where is Mary?") is None
+    stats = DocumentIndex()
+    texts = ["Professor Challenger answered that they had.", "Professor Challenger, the famous zoologist, laughed."]
+    ps = passages_of_text(" ".join(texts))
+    for x in ps:
+        stats.add(x)
+    scorer = QuestionScorer("Who is Professor Challenger?")
+    s = {x.text: scorer.score(x, stats.stats) for x in ps}
+    assert s[texts[1]] > s[texts[0]]

@@ -199,6 +199,23 @@ def has_answer_type(kind: Optional[str], text: str) -> bool:
 
 
 _IS_QUESTION = re.compile(r"\?[\"'”’)\]]*\s*$")
+_DEFINITION_QUESTION = re.compile(r"^\s*(?:who|what)\s+(?:is|was|are|were)\s+(?:the\s+|a\s+|an\s+)?(.+?)\s*\??\s*$",
+                                  re.IGNORECASE)
+_DETERMINER = r"(?:a|an|the|one|my|our|his|her|their|its)"
+
+
+def definition_pattern(question: str) -> Optional[re.Pattern]:
+    """For "Who is X?" / "What was X?": a pattern matching sentences that define X
+    (an appositive "X, the ..." or a copula "X is a ..."); None for other questions."""
+    m = _DEFINITION_QUESTION.match(question)
+    if not m:
+        return None
+    subject = m.group(1).strip(" \"'")
+    if not subject or len(subject.split()) > 6:
+        return None
+    name = r"\s+".join(re.escape(w) for w in subject.split())
+    copula = rf"(?:is|was|are|were)\s+{_DETERMINER}\b"
+    return re.compile(rf"\b{name}\b(?:,\s*{_DETERMINER}\b|\s+{copula}|,\s*(?:who|which)\s+{copula})", re.IGNORECASE)
 
 
 @dataclass
@@ -208,6 +225,9 @@ class AskWeights:
     # a sentence that is itself a question ("What do you know of Professor Challenger?") echoes
     # the user's question rather than answering it: its score is multiplied by this
     question_sentence: float = 0.5
+    # "Who is X?" / "What was X?": bonus for a sentence that defines X ("X, the famous
+    # zoologist", "X was a ...") rather than merely names it
+    definition: float = 2.0
     model: float = 0.0  # per nat of question_gain (see README: measured, kept only if it helps)
     rerank: int = 8  # how many of the lexical top candidates the model rescores
 
@@ -220,6 +240,7 @@ class QuestionScorer:
         self.terms = terms(question)
         self.bigrams = set(zip(self.terms, self.terms[1:]))
         self.kind = answer_type(question)
+        self.defines = definition_pattern(question)
         self.w = weights
 
     def score(self, p: Passage, stats: DocumentStats) -> float:
@@ -228,6 +249,8 @@ class QuestionScorer:
             s += self.w.bigram * len(self.bigrams & set(zip(p.terms, p.terms[1:])))
         if self.kind is not None and s > 0:
             s += self.w.answer_type * has_answer_type(self.kind, p.text)
+        if self.defines is not None and s > 0 and self.defines.search(p.text):
+            s += self.w.definition
         if _IS_QUESTION.search(p.text):
             s *= self.w.question_sentence
         return s
