@@ -10,6 +10,7 @@ model writes a summary from the document memory with the chosen sentences in its
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -31,6 +32,7 @@ from .writer import fit_passages, write
 MATERIAL = 3
 MIN_MATERIAL_WORDS = 450
 SECTION_TOKENS = 700
+SECTION_WORDS = 40
 MAX_SECTIONS = 8
 SUMMARY_SYSTEM = ("You summarize passages taken in order from one document. Write a faithful summary in plain "
                   "prose, in your own words: who does what, and what happens. No lists, no headings, no "
@@ -125,22 +127,35 @@ def _where_text(w: dict) -> str:
     return f"{kind} {a}" if a == b else f"{kinds} {a}-{b}"
 
 
-def sections_of(loaded: LoadedModel, chosen: list[Passage], max_tokens: int = SECTION_TOKENS,
-                max_sections: int = MAX_SECTIONS) -> list[list[Passage]]:
-    """The chosen sentences (document order) in consecutive groups of bounded size."""
+def sections_of(loaded: LoadedModel, chosen: list[Passage], n_sections: int,
+                max_tokens: int = SECTION_TOKENS) -> list[list[Passage]]:
+    """The chosen sentences (document order) in about n_sections consecutive groups of about
+    equal size, none over max_tokens (so each fits the writer's window with room to write)."""
     tok = loaded.tokenizer
-    total = sum(len(tok.encode(p.text)) for p in chosen)
-    per = max(max_tokens if total <= max_tokens * max_sections else -(-total // max_sections), 1)
+    sizes = [len(tok.encode(p.text)) for p in chosen]
+    total = sum(sizes)
+    per = min(max_tokens, max(1, -(-total // max(1, n_sections))))
     groups: list[list[Passage]] = [[]]
     used = 0
-    for p in chosen:
-        n = len(tok.encode(p.text))
+    for p, n in zip(chosen, sizes):
         if groups[-1] and used + n > per:
             groups.append([])
             used = 0
         groups[-1].append(p)
         used += n
     return [g for g in groups if g]
+
+
+def _tidy(text: str) -> str:
+    """One paragraph, each sentence once: a small writer sometimes says a sentence twice."""
+    seen: set[str] = set()
+    kept = []
+    for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
+        key = " ".join(sentence.lower().split())
+        if key and key not in seen:
+            seen.add(key)
+            kept.append(sentence)
+    return " ".join(kept)
 
 
 def _cut_to_words(text: str, words: int) -> str:
@@ -157,7 +172,9 @@ def write_summary(writer: LoadedModel, chosen: list[Passage], budget: Budget,
                   on_text: Optional[Callable[[str], None]] = None) -> tuple[str, list[dict]]:
     """Section summaries in document order, each at its share of the budget, each citing where."""
     words = budget.words or 25 * (budget.sentences or 5)
-    groups = sections_of(writer, chosen)
+    # about SECTION_WORDS words a section, so the summary follows the document from its first
+    # chosen pages to its last instead of leaning on whatever the writer noticed first
+    groups = sections_of(writer, chosen, min(MAX_SECTIONS, max(2, round(words / SECTION_WORDS))))
     share = max(15, words // len(groups))
     parts: list[dict] = []
     for i, g in enumerate(groups):
@@ -170,7 +187,7 @@ def write_summary(writer: LoadedModel, chosen: list[Passage], budget: Budget,
                     {"role": "user", "content": "Passages:\n" + "\n".join(texts) + "\n\n" + ask}]
         if on_text is not None and i:
             on_text(" ")
-        text = _cut_to_words(write(writer, messages, max_tokens), share)
+        text = _cut_to_words(_tidy(write(writer, messages, max_tokens)), share)
         if on_text is not None:
             on_text(text + f" [{_where_text(where)}]")
         parts.append({"summary": text, **where})

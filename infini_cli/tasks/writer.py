@@ -67,7 +67,7 @@ def fit_passages(loaded: LoadedModel, texts: list[str], budget_tokens: int) -> l
     return kept
 
 
-def _repeats(ids: list[int], n: int = 12) -> bool:
+def _repeats(ids: list[int], n: int = 8) -> bool:
     """The last n tokens already occurred: a small writer caught in a loop."""
     if len(ids) < 2 * n:
         return False
