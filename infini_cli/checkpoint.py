@@ -66,6 +66,56 @@ class LoadedModel:
         return self.model.config
 
 
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+MAX_TENSOR_ELEMENTS = 1 << 36
+
+
+def _check_tensor_entries(p: Path, header: dict) -> int:
+    """Every tensor entry well formed and its byte range the size its dtype and shape say;
+    returns the end of the data. Nothing is allocated from a size before this passes."""
+    end = 0
+    for name, info in header.items():
+        ok = isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list) \
+            and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2 \
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
+                    for x in (*info["shape"], *info["data_offsets"]))
+        if not ok:
+            raise CheckpointError(f"{p}: broken header entry for tensor {str(name)[:60]!r} (needs dtype, shape and "
+                                  "data_offsets); the file is corrupt, re-export it")
+        if info["dtype"] not in DTYPE_BYTES:
+            raise CheckpointError(f"{p}: tensor {name} has dtype {info['dtype'][:20]!r}, which infini does not store")
+        elements = 1
+        for d in info["shape"]:
+            elements *= d
+        a, b = info["data_offsets"]
+        if elements > MAX_TENSOR_ELEMENTS or b < a or b - a != elements * DTYPE_BYTES[info["dtype"]]:
+            raise CheckpointError(f"{p}: tensor {name}'s byte range does not match its shape {info['shape']} and "
+                                  f"dtype {info['dtype']}; the file is corrupt, re-export it")
+        end = max(end, b)
+    return end
+
+
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+
+
+def _check_tensor_dtypes(p: Path, header: dict) -> None:
+    """Each tensor's dtype is what its role needs: a wrong one would load as a broken model."""
+    for name, info in header.items():
+        dtype = info["dtype"]
+        base = name[:-len("weight")] if name.endswith(".weight") else None
+        if name.endswith((".scale", ".zero")):
+            want = {"U8"} if name.endswith(".zero") else FLOAT_DTYPES
+        elif base is not None and base + "zero" in header:
+            want = {"U8"}                                    # int4: two codes per byte
+        elif base is not None and base + "scale" in header:
+            want = {"I8"}                                    # int8, per output channel
+        else:
+            want = FLOAT_DTYPES
+        if dtype not in want:
+            raise CheckpointError(f"{p}: tensor {name} is {dtype}, but its role needs {' or '.join(sorted(want))}; "
+                                  "the file is corrupt or not an infini checkpoint")
+
+
 def read_header(path: Union[str, Path]) -> CheckpointHeader:
     """Validate and read a checkpoint's header without loading its tensors."""
     p = Path(path)
@@ -96,15 +146,16 @@ def read_header(path: Union[str, Path]) -> CheckpointHeader:
     except (ValueError, UnicodeDecodeError):
         raise CheckpointError(f"{p}: broken safetensors header (not JSON); the file is corrupt, re-export it") from None
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise CheckpointError(f"{p}: broken safetensors header (__metadata__ must map strings to strings); "
+                              "the file is corrupt, re-export it")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{p}: a safetensors file but not an infini checkpoint (no infini metadata); "
                               "convert Hugging Face models with `infini convert`")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{p}: checkpoint format version {meta.get('format_version')!r} is not supported "
                               f"(this infini reads version {FORMAT_VERSION}); upgrade infini")
-    end = 0
-    for name, info in header.items():
-        end = max(end, info.get("data_offsets", [0, 0])[1])
+    end = _check_tensor_entries(p, header)
     if 8 + n + end > size:
         raise CheckpointError(f"{p}: truncated: the header describes {8 + n + end} bytes but the file has {size}; "
                               "re-download or re-export it")
@@ -113,8 +164,11 @@ def read_header(path: Union[str, Path]) -> CheckpointHeader:
         quant = QuantScheme.from_dict(json.loads(meta.get("quantization", "{}")))
         training = json.loads(meta.get("training", "{}"))
         tokenizer_json = meta["tokenizer"]
+        if not isinstance(training, dict):
+            raise ValueError("the training record is not an object")
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{p}: broken infini metadata ({e}); re-export the checkpoint") from None
+    _check_tensor_dtypes(p, header)
     tensors = {k: {"dtype": v["dtype"], "shape": v["shape"]} for k, v in header.items()}
     return CheckpointHeader(p, size, config, quant, tokenizer_json, training, tensors, meta)
 

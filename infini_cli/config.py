@@ -9,6 +9,11 @@ from typing import Any, Literal
 
 MemoryRule = Literal["linear", "delta"]
 
+# Upper bounds for a config read from a file: far above any model that fits a machine, far
+# below what would exhaust one (a segment sets the RoPE table and the attention's size).
+LIMITS = {"vocab_size": 1 << 21, "d_model": 1 << 16, "n_layers": 1024, "n_heads": 1024, "n_kv_heads": 1024,
+          "ffn_dim": 1 << 18, "segment_len": 1 << 16}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -29,6 +34,18 @@ class ModelConfig:
     gate_init: float = -2.0
 
     def __post_init__(self) -> None:
+        # a config comes from a file (a checkpoint's header, a GGUF's metadata): check every
+        # size is a sane positive integer before anything divides by it or allocates with it
+        for name, limit in LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+                raise ValueError(f"{name} must be an integer in 1..{limit}, not {value!r}")
+        for name in ("rope_theta", "norm_eps", "gate_init"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or abs(value) > 1e12:
+                raise ValueError(f"{name} must be a finite number, not {value!r}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"tie_embeddings must be true or false, not {self.tie_embeddings!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:

@@ -140,3 +140,53 @@ def test_saved_checkpoint_has_a_new_files_mode(tmp_path, tiny_model, tokenizer):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
+
+
+def _rewrite_header(src, dst, edit):
+    """Copy a checkpoint with its JSON header changed by edit(header) (data bytes kept)."""
+    import json as _json
+    import struct as _struct
+
+    raw = src.read_bytes()
+    (n,) = _struct.unpack("<Q", raw[:8])
+    header = _json.loads(raw[8:8 + n])
+    edit(header)
+    new = _json.dumps(header).encode()
+    dst.write_bytes(_struct.pack("<Q", len(new)) + new + raw[8 + n:])
+    return dst
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda h: h.__setitem__("__metadata__", ["not", "a", "dict"]), "__metadata__"),
+    (lambda h: h.__setitem__("layers.0.attn.gate", "oops"), "broken header entry"),
+    (lambda h: h["norm.weight"].__setitem__("data_offsets", ["0", "4"]), "broken header entry"),
+    (lambda h: h["norm.weight"].pop("dtype"), "broken header entry"),
+    (lambda h: h["norm.weight"].__setitem__("shape", [10 ** 6, 10 ** 6]), "byte range"),
+    (lambda h: h["layers.0.attn.wq.weight"].__setitem__("dtype", "I32"), "role needs"),
+    (lambda h: h["__metadata__"].__setitem__("training", "[1, 2]"), "training record"),
+])
+def test_untrusted_headers_fail_in_one_line(tmp_path, tiny_checkpoint, edit, words):
+    from typer.testing import CliRunner
+
+    from infini_cli.cli import app
+
+    bad = _rewrite_header(tiny_checkpoint, tmp_path / "bad.safetensors", edit)
+    with pytest.raises(CheckpointError, match=words):
+        read_header(bad)
+    r = CliRunner().invoke(app, ["info", str(bad)])
+    assert r.exit_code == 2 and "Traceback" not in r.output and "bad.safetensors" in r.output
+
+
+@pytest.mark.parametrize("field,value", [("n_kv_heads", 0), ("n_layers", 10 ** 6), ("segment_len", 10 ** 9),
+                                         ("d_model", "128"), ("rope_theta", float("nan"))])
+def test_configs_with_absurd_sizes_are_refused_before_allocating(tmp_path, tiny_checkpoint, field, value):
+    import json as _json
+
+    def edit(h):
+        cfg = _json.loads(h["__metadata__"]["config"])
+        cfg[field] = value
+        h["__metadata__"]["config"] = _json.dumps(cfg)
+
+    bad = _rewrite_header(tiny_checkpoint, tmp_path / "bad.safetensors", edit)
+    with pytest.raises(CheckpointError, match=field):
+        read_header(bad)
