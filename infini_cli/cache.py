@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional, Union
 
+import torch
+
 if TYPE_CHECKING:
     from .checkpoint import LoadedModel
     from .memory import StreamState
@@ -91,7 +93,20 @@ class CacheEntry:
         from .memory import StreamState
 
         tensors = load_file(str(self.path / STATE_FILE), device="cpu")
-        st = StreamState.from_tensors(tensors, loaded.config.n_layers, int(self.meta["tokens_seen"]),
+        cfg = loaded.config
+        n, d = cfg.n_kv_heads, cfg.head_dim
+        for i in range(cfg.n_layers):
+            want = {"M": (1, n, d, d), "z": (1, n, d)}
+            for name, shape in want.items():
+                t = tensors.get(f"{i}.{name}")
+                if t is None or tuple(t.shape) != shape or not torch.isfinite(t).all():
+                    raise ValueError(f"layer {i} {name} is missing, misshapen or not finite")
+            for name in ("k_local", "v_local"):
+                t = tensors.get(f"{i}.{name}")
+                if t is None or t.dim() != 4 or tuple(t.shape[:2]) != (1, n) or t.shape[3] != d \
+                        or t.shape[2] >= cfg.segment_len or not torch.isfinite(t).all():
+                    raise ValueError(f"layer {i} {name} is missing, misshapen or not finite")
+        st = StreamState.from_tensors(tensors, cfg.n_layers, int(self.meta["tokens_seen"]),
                                       int(self.meta["segments_written"]))
         st.k_local = [t.to(loaded.dtype) for t in st.k_local]
         st.v_local = [t.to(loaded.dtype) for t in st.v_local]
@@ -110,6 +125,14 @@ class CacheEntry:
         with gzip.open(self.path / SENTENCES_FILE, "rt", encoding="utf-8") as f:
             for line in f:
                 yield Passage.from_record(json.loads(line))
+
+    def check_passages(self) -> int:
+        """Read the sentences file through once (a damaged one fails here, before any task
+        has seen a sentence); returns how many there are."""
+        return sum(1 for _ in self.passages())
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
 
     def touch(self) -> None:
         self.meta["last_used"] = time.time()

@@ -153,3 +153,52 @@ def test_bad_checkpoint_is_a_clean_error(tmp_path):
     p = tmp_path / "notes.txt"
     p.write_text(document())
     assert_one_line_error(run("ask", p, "Why?", "--model", tmp_path / "none.safetensors"), 2, "none.safetensors")
+
+
+def _damage_state_truncate(entry):
+    p = entry.path / doc_cache.STATE_FILE
+    p.write_bytes(p.read_bytes()[:100])
+
+
+def _damage_state_nan(entry):
+    from safetensors.torch import load_file, save_file
+
+    p = entry.path / doc_cache.STATE_FILE
+    t = load_file(str(p))
+    t["0.M"] = torch.full_like(t["0.M"], float("nan"))
+    save_file(t, str(p))
+
+
+def _damage_state_shape(entry):
+    from safetensors.torch import load_file, save_file
+
+    p = entry.path / doc_cache.STATE_FILE
+    t = load_file(str(p))
+    t["0.z"] = torch.zeros(3)
+    save_file(t, str(p))
+
+
+def _damage_sentences(entry):
+    (entry.path / doc_cache.SENTENCES_FILE).write_bytes(b"\x1f\x8b garbage")
+
+
+def _damage_index(entry):
+    import gzip
+
+    with gzip.open(entry.path / doc_cache.INDEX_FILE, "wt") as f:
+        f.write("{not json")
+
+
+@pytest.mark.parametrize("damage", [_damage_state_truncate, _damage_state_nan, _damage_state_shape,
+                                    _damage_sentences, _damage_index])
+def test_a_damaged_entry_is_dropped_and_the_document_read_again(tmp_path, tiny_checkpoint, cache_dir, damage):
+    p = tmp_path / "notes.txt"
+    p.write_text(document())
+    first = ask_json(p, "Who built the bridge?", "--model", tiny_checkpoint)
+    (entry,) = doc_cache.list_entries(cache_dir)
+    damage(entry)
+    again = ask_json(p, "Who built the bridge?", "--model", tiny_checkpoint)
+    assert again["cached"] is False and again["answer"] == first["answer"]
+    assert any("damaged" in w and "read the document again" in w for w in again["warnings"])
+    # the entry was written afresh: the next question is served from it
+    assert ask_json(p, "Who built the bridge?", "--model", tiny_checkpoint)["cached"] is True

@@ -84,13 +84,26 @@ def read_or_load(
     """
     started = time.perf_counter()
     key = None
+    warnings: list[str] = []
     if use_cache and doc.kind != "stdin":
         key = (doc_cache.file_sha256(doc.name), doc_cache.model_hash(loaded.header.path))
         entry = doc_cache.lookup(*key, root=cache_root)
+        state = index = None
         if entry is not None:
+            try:
+                # everything is checked before a task sees a sentence, so a damaged entry
+                # costs a re-read, never a wrong answer or a broken document
+                state = entry.load_state(loaded)
+                index = entry.load_index()
+                entry.check_passages()
+            except Exception as e:  # any damage: truncated, mis-keyed, not finite, bad JSON
+                why = (str(e).splitlines() or [type(e).__name__])[0][:120]
+                warnings.append(f"the cached memory of {doc.name} was damaged ({why}); removed {entry.path} "
+                                "and read the document again")
+                entry.remove()
+                entry = None
+        if entry is not None and state is not None and index is not None:
             doc.close()
-            state = entry.load_state(loaded)
-            index = entry.load_index()
             for p in entry.passages():
                 for c in consumers:
                     c(p, index)
@@ -102,7 +115,6 @@ def read_or_load(
     from ..document import read_document
 
     index = DocumentIndex()
-    warnings: list[str] = []
     writer = None
     if key is not None:
         try:
