@@ -64,7 +64,7 @@ class Document:
     """An opened document: metadata for progress bars, and a one-shot lazy chunk iterator."""
 
     name: str
-    kind: str  # "pdf", "text" or "stdin"
+    kind: str  # "pdf", "text", "stdin" or "pipe" (a named pipe, <(...) or device: read once, never cached)
     total_bytes: Optional[int]  # None for standard input
     total_pages: Optional[int]  # PDFs only, from the page tree's /Count
     warnings: list[str] = field(default_factory=list)
@@ -123,6 +123,11 @@ def open_document(
             raise InputError(f"{name}: no such file; check the path")
         if p.is_dir():
             raise InputError(f"{name}: is a directory; pass a PDF or text file inside it")
+        mode = os.stat(p).st_mode
+        if not stat.S_ISREG(mode):
+            if not (stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)):
+                raise InputError(f"{name}: not a regular file, pipe or device; pass a PDF or text file")
+            return _open_stream(_open_pipe(p), name, "pipe", password, block_chars)
         fh = p.open("rb")
     except OSError as e:
         raise InputError(f"{name}: cannot read ({e.strerror or e}); check the file's permissions") from None
@@ -154,16 +159,37 @@ def _file_size(fh: BinaryIO) -> Optional[int]:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
+def _open_pipe(p: Path) -> BinaryIO:
+    """A named pipe, process substitution (<(...)) or device, opened without blocking: a FIFO
+    with no writer would otherwise hang open() forever; it then reads as empty."""
+    import fcntl
+
+    fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    return os.fdopen(fd, "rb")
+
+
 def _open_stdin(stream: BinaryIO, password: Optional[str], block_chars: int) -> Document:
     if getattr(stream, "isatty", lambda: False)():
         raise InputError(f"{STDIN_NAME}: standard input is a terminal; pipe a document in "
                          "(cat book.txt | infini read -) or pass a file")
+    return _open_stream(stream, STDIN_NAME, "stdin", password, block_chars)
+
+
+def _open_stream(stream: BinaryIO, name: str, kind: str, password: Optional[str], block_chars: int) -> Document:
+    """Standard input or a pipe: read once, front to back (never hashed or cached: what it
+    holds is known only after reading it all)."""
+    what = "standard input" if kind == "stdin" else "the pipe"
     try:
         first = stream.read(max(block_chars, SNIFF_BYTES))
     except OSError as e:
-        raise InputError(f"{STDIN_NAME}: cannot read standard input ({e.strerror or e})") from None
+        if kind != "stdin":
+            stream.close()
+        raise InputError(f"{name}: cannot read {what} ({e.strerror or e})") from None
     if not first:
-        raise InputError(f"{STDIN_NAME}: standard input is empty; pipe a document in")
+        if kind != "stdin":
+            stream.close()
+        raise InputError(f"{name}: {what} is empty (nothing was written to it); pipe a document in")
     if first.startswith(b"%PDF-"):
         # pypdf needs to seek (the cross-reference table is at the end), a pipe cannot:
         # spool to an anonymous file on disk, which keeps memory flat whatever the size.
@@ -171,10 +197,12 @@ def _open_stdin(stream: BinaryIO, password: Optional[str], block_chars: int) -> 
         spool.write(first)
         while block := stream.read(1 << 20):
             spool.write(block)
+        if kind != "stdin":
+            stream.close()
         size = spool.tell()
         spool.seek(0)
-        return _pdf_document(STDIN_NAME, spool, size, password, block_chars)
-    return _text_document(STDIN_NAME, "stdin", stream, first, None, block_chars)
+        return _pdf_document(name, spool, size, password, block_chars)
+    return _text_document(name, kind, stream, first, None, block_chars)
 
 
 def _pdf_document(name: str, fh: BinaryIO, size: Optional[int], password: Optional[str],

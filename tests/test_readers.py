@@ -3,6 +3,8 @@ every bad input a one-line InputError naming the file."""
 
 from __future__ import annotations
 
+import os
+
 import codecs
 import io
 import itertools
@@ -226,3 +228,55 @@ def test_any_bytes_never_crash(tmp_path, data, block):
         assert "any.txt" in str(e) and "\n" not in str(e)
     else:
         assert isinstance(text, str)
+
+
+def _fifo_with_writer(path, data: bytes):
+    import threading
+
+    os.mkfifo(path)
+
+    def write():
+        with open(path, "wb") as f:
+            f.write(data)
+
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need POSIX")
+def test_a_pipe_is_read_whole_and_never_cached(tmp_path, tiny_checkpoint, cache_dir):
+    """<(cat report.txt) and named pipes: every byte read (not the first 64 KiB), nothing cached."""
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from infini_cli.cli import app
+
+    text = "".join(f"Line {i} says the bridge was painted blue in spring.\n" for i in range(4000))  # ~200 KB
+    whole = tmp_path / "whole.txt"
+    whole.write_text(text)
+    ref = _json.loads(CliRunner().invoke(app, ["read", str(whole), "--model", str(tiny_checkpoint), "--json"]).stdout)
+    fifo = tmp_path / "pipe"
+    t = _fifo_with_writer(fifo, text.encode())
+    r = CliRunner().invoke(app, ["ask", str(fifo), "What colour was the bridge?", "--model", str(tiny_checkpoint),
+                                 "--json"])
+    t.join(5)
+    assert r.exit_code == 0, r.output
+    data = _json.loads(r.stdout)
+    assert data["tokens"] == ref["tokens"] and data["cached"] is False
+    from infini_cli import cache as doc_cache
+
+    assert doc_cache.list_entries(cache_dir) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need POSIX")
+def test_a_pipe_with_no_writer_fails_at_once(tmp_path):
+    from typer.testing import CliRunner
+
+    from infini_cli.cli import app
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    r = CliRunner().invoke(app, ["read", str(fifo)])
+    assert r.exit_code == 2 and "empty" in r.output and "Traceback" not in r.output

@@ -80,12 +80,12 @@ def read_or_load(
 ) -> ReadResult:
     """Stream `doc` (already opened, so bad input failed before the model loaded) or load it.
 
-    Standard input is never cached: its hash is known only after reading it all.
+    Standard input and pipes are never cached: their hash is known only after reading them all.
     """
     started = time.perf_counter()
     key = None
     warnings: list[str] = []
-    if use_cache and doc.kind != "stdin":
+    if use_cache and doc.kind in ("text", "pdf"):  # regular files: a pipe's hash is known only after reading
         key = (doc_cache.file_sha256(doc.name), doc_cache.model_hash(loaded.header.path))
         entry = doc_cache.lookup(*key, root=cache_root)
         state = index = None
