@@ -18,6 +18,10 @@ from . import __version__
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
+if not out.is_terminal:
+    # piped or redirected: no 80-column wrapping (tables and names are kept whole for the
+    # program that reads them; a terminal gets its own width)
+    out = Console(highlight=False, width=1000)
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -525,7 +529,13 @@ def babilong_table(summary: dict, tasks: list[str], lengths: list[int]) -> Table
 def passkey_table(summary: dict, lengths: list[int], depths: list[float]) -> Table:
     from .tasks.passkey import format_length
 
-    t = Table(title=f"passkey retrieval: {Path(summary['model']).name}, haystack: {Path(summary['haystack']).name}")
+    from rich import box
+
+    from .terminal import plain
+
+    # 11 depths of "100%" fit 80 columns only with a light box and one space between columns
+    t = Table(title=plain(f"passkey retrieval: {Path(summary['model']).name}, haystack: {Path(summary['haystack']).name}"),
+              box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0, 0, 1), pad_edge=False, collapse_padding=True)
     t.add_column("length", justify="right", style="bold")
     for d in depths:
         t.add_column(f"{d:.0%}", justify="right")
