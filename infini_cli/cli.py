@@ -86,7 +86,8 @@ def main_options(
 ModelOpt = typer.Option(None, "--model", "-m", help="A checkpoint (.safetensors) or a model's name (infini models "
                         "lists them); default: the task's model, or $INFINI_MODEL.")
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
-ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice).")
+ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for torch (default: 1 for the small readers, "
+                          "every core for a writer).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout instead of tables.")
 
 
@@ -98,7 +99,16 @@ def load_model(model: Optional[Path], device: str, threads: Optional[int], task:
     set_threads(threads)
     dev = resolve_device(device)
     path = resolve_model(model) if model is not None else default_model_for(task)
-    return load_checkpoint(path, dev)
+    loaded = load_checkpoint(path, dev)
+    if threads is None and dev.type == "cpu":
+        from .device import default_threads
+
+        __import__("torch").set_num_threads(default_threads(_parameters(loaded)))
+    return loaded
+
+
+def _parameters(loaded) -> int:
+    return sum(p.numel() for p in loaded.model.parameters())
 
 
 def human_bytes(n: float) -> str:
@@ -621,7 +631,13 @@ def _open_then_load(file: str, password: Optional[str], model: Optional[Path], d
     try:
         loaded = load_model(model, device, threads, task)
         if is_writer(loaded):
-            return doc, load_model(None, device, threads, "read"), loaded
+            reader = load_model(None, device, threads, "read")
+            if threads is None and loaded.device.type == "cpu":
+                from .device import default_threads
+
+                # the writer's count (every core): it is the larger model and writes last
+                __import__("torch").set_num_threads(default_threads(_parameters(loaded)))
+            return doc, reader, loaded
         return doc, loaded, None
     except BaseException:
         doc.close()

@@ -132,3 +132,10 @@ def test_strip_controls_keeps_text_and_layout():
     from infini_cli.terminal import strip_controls
 
     assert strip_controls("a\x1b[31mred\x1b[0m b\tc\nd\x07e\x1b]0;t\x1b\\f\u202eg") == "ared b\tc\ndefg"
+
+
+def test_small_readers_default_to_one_thread_and_writers_to_every_core():
+    from infini_cli.device import SMALL_MODEL_PARAMETERS, default_threads
+
+    assert default_threads(1_836_176) == 1
+    assert default_threads(SMALL_MODEL_PARAMETERS * 10) >= 1
