@@ -124,7 +124,7 @@ def human_bytes(n: float) -> str:
 @app.command()
 @handles_errors
 def info(
-    checkpoint: Path = typer.Argument(..., help="An infini .safetensors checkpoint."),
+    checkpoint: Path = typer.Argument(..., help="An infini .safetensors checkpoint, or a model's name (infini models)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Show a checkpoint's size, shape and memory state against a KV cache.
@@ -133,12 +133,15 @@ def info(
     """
     from .checkpoint import read_header
     from .info import checkpoint_info
+    from .registry import resolve_model
+    from .terminal import plain
 
-    data = checkpoint_info(read_header(checkpoint))
+    path = resolve_model(checkpoint)
+    data = checkpoint_info(read_header(path))
     if as_json:
         out.print_json(json.dumps(data))
         return
-    t = Table(title=str(checkpoint), show_header=False)
+    t = Table(title=plain(str(path)), show_header=False)
     t.add_column(style="bold")
     t.add_column()
     t.add_row("parameters", f"{data['parameters']:,}")
