@@ -1,11 +1,13 @@
-"""`infini summarize`: an extractive summary whose every sentence says where it is.
+"""`infini summarize`: a summary whose every part says where in the document it comes from.
 
 The document streams once (or comes from the cache); a pool keeps the best candidates of each
 region of the document, so the summary can cover the whole arc of a 600-page book from a
 bounded set. The final selection scores the pool with the whole document's statistics and
 picks sentences greedily, avoiding repeats, up to the word (or sentence) budget, then prints
-them in document order. With a checkpoint that can write (`"generates_answers": true`), the
-model writes a summary from the document memory with the chosen sentences in its window.
+them in document order. With a writer (a converted chat model), a larger selection is cut into
+consecutive sections and the writer summarizes each, citing its pages or lines ("written"); a
+checkpoint of ours that can write (`"generates_answers": true`) writes from the document memory
+with the chosen sentences in its window ("generated").
 """
 
 from __future__ import annotations
