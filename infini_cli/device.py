@@ -42,13 +42,15 @@ def set_threads(threads: Optional[int]) -> None:
 # 17.2K tokens/s with two idle cores) and, when another process holds a core, costs up to 60x
 # (OpenMP threads spin waiting for each other): such models default to one thread.
 SMALL_MODEL_PARAMETERS = 20_000_000
+# torch's own choice at start (the cores it may use), before any command lowers it
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
 
 def default_threads(n_parameters: int) -> int:
     """Threads when --threads is not given: one for a small reader, every core for a writer."""
     if n_parameters < SMALL_MODEL_PARAMETERS:
         return 1
-    return max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
+    return max(1, min(os.cpu_count() or 1, _TORCH_DEFAULT_THREADS))
 
 
 def describe(device: torch.device) -> str:

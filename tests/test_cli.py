@@ -142,4 +142,11 @@ def test_small_readers_default_to_one_thread_and_writers_to_every_core():
     import torch
 
     assert default_threads(1_836_176) == 1
-    assert default_threads(SMALL_MODEL_PARAMETERS * 10) == max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
+    from infini_cli import device
+
+    torch.set_num_threads(1)  # a reader loaded first must not cap the writer's count
+    try:
+        assert default_threads(SMALL_MODEL_PARAMETERS * 10) == max(1, min(os.cpu_count() or 1,
+                                                                          device._TORCH_DEFAULT_THREADS))
+    finally:
+        torch.set_num_threads(device._TORCH_DEFAULT_THREADS)
