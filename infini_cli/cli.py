@@ -499,7 +499,9 @@ def babilong(
                     "method": method, "data": str(data_dir), "split": split}
         pk.claim_results_folder(out_dir, identity)
         jsonl = out_dir / "samples.jsonl"
-        rows = [r for r in run.read_rows(jsonl) if r.method == method]
+        # rows of this method and of the samples asked for (a rerun with fewer samples counts fewer)
+        rows = [r for r in run.read_rows(jsonl) if r.method == method and r.sample < samples
+                and r.task in task_names and r.length in length_list]
     done = {(r.task, r.length, r.sample) for r in rows}
     todo = []
     for c in cells:
