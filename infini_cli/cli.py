@@ -101,9 +101,11 @@ def load_model(model: Optional[Path], device: str, threads: Optional[int], task:
     path = resolve_model(model) if model is not None else default_model_for(task)
     loaded = load_checkpoint(path, dev, int8_linears=_decodes_in_int8(path, dev))
     if threads is None and dev.type == "cpu":
+        import torch
+
         from .device import default_threads
 
-        __import__("torch").set_num_threads(default_threads(_parameters(loaded)))
+        torch.set_num_threads(default_threads(_parameters(loaded)))
     return loaded
 
 
@@ -198,8 +200,8 @@ def quantize(
     scheme = QuantScheme(bits, group_size if bits == 4 else None)
     float_sd = dequantize_tensors(read_tensors(src), dtype=__import__("torch").float32)
     stored = quantize_state_dict(float_sd, scheme)
-    save_tensors(dst, stored, header.config, header.tokenizer_json, scheme, chat=header.chat, training=
-                 {**header.training, "quantized_from": header.quant.name})
+    save_tensors(dst, stored, header.config, header.tokenizer_json, scheme,
+                 {**header.training, "quantized_from": header.quant.name}, chat=header.chat)
     error = relative_error(float_sd, dequantize_tensors(stored, __import__("torch").float32))
     after = dst.stat().st_size
     data = {"source": str(src), "output": str(dst), "scheme": scheme.name, "bytes_before": header.file_bytes,
@@ -480,7 +482,7 @@ def babilong(
     if split not in ("valid", "train", "all"):
         raise InputError(f"--split {split}: choose valid, train or all")
     babi_tasks = bl.load_tasks(data_dir, task_names)
-    hay_path = haystack or bl.default_haystack()
+    hay_path = (haystack or bl.default_haystack()) if any(length_list) else haystack  # 0 = the facts alone
     loaded = load_model(model, device, threads, "babilong")
     hay = pk.load_haystack(loaded.tokenizer, hay_path) if any(length_list) else None
     writer_model = None
@@ -652,10 +654,12 @@ def _open_then_load(file: str, password: Optional[str], model: Optional[Path], d
         if is_writer(loaded):
             reader = load_model(None, device, threads, "read")
             if threads is None and loaded.device.type == "cpu":
+                import torch
+
                 from .device import default_threads
 
                 # the writer's count (every core): it is the larger model and writes last
-                __import__("torch").set_num_threads(default_threads(_parameters(loaded)))
+                torch.set_num_threads(default_threads(_parameters(loaded)))
             return doc, reader, loaded
         return doc, loaded, None
     except BaseException:
