@@ -23,8 +23,12 @@ def test_wheel_install_runs_passkey_test_from_another_folder(tmp_path):
     venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
     py = env_dir / "bin" / "python"
     wheels = tmp_path / "wheels"
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                            "-w", str(wheels), str(ROOT)], capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(ROOT)]
+    # this interpreter's setuptools when it can build wheels (no download); else pip's isolated
+    # build, which fetches setuptools from the package index (a venv's bundled one may be too old)
+    build = subprocess.run(cmd + ["--no-build-isolation"], capture_output=True, text=True, timeout=600)
+    if build.returncode != 0:
+        build = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = wheels.glob("infini-*.whl")
     install = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--quiet", str(wheel)],
