@@ -141,8 +141,7 @@ def _reset_peak_rss() -> bool:
 def linear_shapes(cfg: ModelConfig) -> list[tuple[str, int, int]]:
     """(name, in, out) of every linear layer of one block, as the engine runs them."""
     d, H, G, D, Fd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim
-    return [("wq", d, H * D), ("wk", d, G * D), ("wv", d, G * D), ("wo", H * D, d),
-            ("w1", d, Fd), ("w3", d, Fd), ("w2", Fd, d)]
+    return [("wqkv", d, (H + 2 * G) * D), ("wo", H * D, d), ("w13", d, 2 * Fd), ("w2", Fd, d)]
 
 
 def flops_per_token(cfg: ModelConfig, use_memory: bool = True) -> dict[str, float]:
@@ -150,8 +149,8 @@ def flops_per_token(cfg: ModelConfig, use_memory: bool = True) -> dict[str, floa
     not computed during ingest and not counted. Elementwise work (norms, RoPE, SiLU, gates) is
     left out, as MFU figures usually do."""
     H, G, D, S, L = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.segment_len, cfg.n_layers
-    proj = sum(2 * k * n for name, k, n in linear_shapes(cfg) if name.startswith("w") and name[1] in "qkvo")
-    ffn = sum(2 * k * n for name, k, n in linear_shapes(cfg) if name in ("w1", "w2", "w3"))
+    proj = sum(2 * k * n for name, k, n in linear_shapes(cfg) if name in ("wqkv", "wo"))
+    ffn = sum(2 * k * n for name, k, n in linear_shapes(cfg) if name in ("w13", "w2"))
     # causal attention inside the segment: query t sees t+1 keys, (S+1)/2 on average; QK^T and AV
     local = 2 * 2 * H * D * (S + 1) / 2
     parts = {"projections": proj * L, "feed_forward": ffn * L, "local_attention": local * L}
@@ -272,7 +271,16 @@ def transformers_llama(model: InfiniTransformer, max_positions: int):
             continue
         if name.startswith("layers."):
             _, i, rest = name.split(".", 2)
-            sd[f"model.layers.{i}.{_HF_LAYER[rest]}"] = t
+            if rest == "attn.wqkv.weight":  # our fused projections, split back into HF's three
+                H, G, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+                parts = dict(zip(("attn.wq.weight", "attn.wk.weight", "attn.wv.weight"),
+                                 t.split((H * D, G * D, G * D))))
+            elif rest == "ffn.w13.weight":
+                parts = dict(zip(("ffn.w1.weight", "ffn.w3.weight"), t.chunk(2)))
+            else:
+                parts = {rest: t}
+            for r, w in parts.items():
+                sd[f"model.layers.{i}.{_HF_LAYER[r]}"] = w.contiguous()
         elif name == "embed.weight":
             sd["model.embed_tokens.weight"] = t
         elif name == "norm.weight":

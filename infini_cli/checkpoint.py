@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import ModelConfig
-from .model import InfiniTransformer
+from .model import InfiniTransformer, fuse_legacy_projections
 from .quantize import QuantScheme, dequantize_tensors, quantize_state_dict
 from .tokenizer import TextTokenizer
 
@@ -250,7 +250,7 @@ def load_checkpoint(path: Union[str, Path], device: Union[str, torch.device] = "
     if dtype is None:
         dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     stored = read_tensors(header.path)
-    sd = dequantize_tensors(stored, dtype)
+    sd = fuse_legacy_projections(dequantize_tensors(stored, dtype))
     if header.config.tie_embeddings:
         sd["lm_head.weight"] = sd["embed.weight"]
     with torch.device("meta"):

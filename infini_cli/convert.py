@@ -16,6 +16,7 @@ from safetensors import safe_open
 
 from .checkpoint import CheckpointError, save_tensors
 from .config import ModelConfig
+from .model import fuse_legacy_projections
 from .quantize import QuantScheme, quantize_state_dict
 
 # sigmoid(-12) = 6e-6: the memory's share of each head's output at the start
@@ -114,7 +115,7 @@ def convert_hf(folder: Path, out: Path, segment_len: int = 2048, memory_rule: st
     for i in range(config.n_layers):
         sd[f"layers.{i}.attn.gate"] = torch.full((config.n_heads,), CONVERTED_GATE)
     tokenizer_json = (folder / "tokenizer.json").read_text(encoding="utf-8")
-    tensors = quantize_state_dict(sd, quant)
+    tensors = quantize_state_dict(fuse_legacy_projections(sd), quant)
     save_tensors(Path(out), tensors, config, tokenizer_json, quant,
                  {"converted_from": str(folder), "note": "gates start local-only; fine-tune with memory"})
     return config

@@ -20,6 +20,7 @@ import torch
 from .checkpoint import CheckpointError, save_tensors
 from .config import ModelConfig
 from .convert import CONVERTED_GATE
+from .model import fuse_legacy_projections
 from .quantize import QuantScheme, quantize_state_dict
 
 GGUF_MAGIC = b"GGUF"
@@ -267,7 +268,7 @@ def convert_gguf(path: Path, out: Path, segment_len: int = 2048, memory_rule: st
     for i in range(config.n_layers):
         sd[f"layers.{i}.attn.gate"] = torch.full((config.n_heads,), CONVERTED_GATE)
     name = _field(reader, "general.name", str, path, path.stem)
-    tensors = quantize_state_dict(sd, quant)
+    tensors = quantize_state_dict(fuse_legacy_projections(sd), quant)
     save_tensors(Path(out), tensors, config, tokenizer_json, quant,
                  {"converted_from": path.name, "source_name": name,
                   "note": "gates start local-only; fine-tune with memory"}, chat=chat)

@@ -84,15 +84,35 @@ def _sdpa_has_gqa() -> bool:
 _SDPA_GQA = _sdpa_has_gqa()
 
 
+# Checkpoints written before the projections were fused hold wq/wk/wv and w1/w3 separately;
+# their rows are concatenated in this order (per-output-channel quantization is per row, so
+# the fused int8 weight of a converted checkpoint is the concatenation of the separate ones).
+LEGACY_PROJECTIONS = {"wqkv.weight": ("wq.weight", "wk.weight", "wv.weight"), "w13.weight": ("w1.weight", "w3.weight")}
+
+
+def fuse_legacy_projections(state_dict: dict, prefix: str = "") -> dict:
+    """Rename separate projection weights (wq, wk, wv; w1, w3) to the fused ones, in place, for
+    every module under `prefix` (a whole model's state dict with prefix ""); returns it."""
+    for fused, parts in LEGACY_PROJECTIONS.items():
+        firsts = [k for k in list(state_dict) if k.startswith(prefix) and k.endswith("." + parts[0])
+                  or k == prefix + parts[0]]
+        for first in firsts:
+            base = first[: -len(parts[0])]
+            names = [base + p for p in parts]
+            if all(n in state_dict for n in names):
+                state_dict[base + fused] = torch.cat([state_dict.pop(n) for n in names], dim=0)
+    return state_dict
+
+
 class InfiniAttention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         d, D = config.d_model, config.head_dim
-        self.wq = nn.Linear(d, config.n_heads * D, bias=False)
-        self.wk = nn.Linear(d, config.n_kv_heads * D, bias=False)
-        self.wv = nn.Linear(d, config.n_kv_heads * D, bias=False)
+        # Q, K and V in one product (gpt-fast's wqkv): one kernel instead of three per segment
+        self.wqkv = nn.Linear(d, (config.n_heads + 2 * config.n_kv_heads) * D, bias=False)
         self.wo = nn.Linear(config.n_heads * D, d, bias=False)
+        self._register_load_state_dict_pre_hook(lambda sd, prefix, *_: fuse_legacy_projections(sd, prefix))
         # One learned mixing logit per query head: sigmoid(gate) of the output from memory.
         self.gate = nn.Parameter(torch.full((config.n_heads,), config.gate_init))
 
@@ -110,9 +130,10 @@ class InfiniAttention(nn.Module):
         H, G, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         P = k_cache.shape[2]
 
-        q = self.wq(x).view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
-        k = self.wk(x).view(B, T, G, D).transpose(1, 2)  # [B, G, T, D]
-        v = self.wv(x).view(B, T, G, D).transpose(1, 2)  # [B, G, T, D]
+        q, k, v = self.wqkv(x).split((H * D, G * D, G * D), dim=-1)
+        q = q.view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
+        k = k.view(B, T, G, D).transpose(1, 2)  # [B, G, T, D]
+        v = v.view(B, T, G, D).transpose(1, 2)  # [B, G, T, D]
 
         # the segment's keys and values, before RoPE: the memory is written from these
         k_seg = torch.cat((k_cache, k), dim=2) if P else k
@@ -156,12 +177,14 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.w1 = nn.Linear(config.d_model, config.ffn_dim, bias=False)
-        self.w3 = nn.Linear(config.d_model, config.ffn_dim, bias=False)
+        # the gate (w1) and up (w3) projections in one product: [w1; w3]
+        self.w13 = nn.Linear(config.d_model, 2 * config.ffn_dim, bias=False)
         self.w2 = nn.Linear(config.ffn_dim, config.d_model, bias=False)
+        self._register_load_state_dict_pre_hook(lambda sd, prefix, *_: fuse_legacy_projections(sd, prefix))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -195,9 +218,20 @@ class InfiniTransformer(nn.Module):
                 nn.init.ones_(p)
             else:
                 s = std / math.sqrt(2 * self.config.n_layers) if name.endswith(("wo.weight", "w2.weight")) else std
+                # fused projections are drawn part by part, in the order the separate ones were,
+                # so a seed gives the same model as before the fusion (recipes reproduce)
+                rows = self._fused_rows(name) or [p.shape[0]]
                 with torch.no_grad():
-                    p.copy_(torch.randn(p.shape, generator=gen) * s)
+                    p.copy_(torch.cat([torch.randn((r, *p.shape[1:]), generator=gen) for r in rows]) * s)
         return self
+
+    def _fused_rows(self, name: str) -> Optional[list[int]]:
+        c = self.config
+        if name.endswith("wqkv.weight"):
+            return [c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.n_kv_heads * c.head_dim]
+        if name.endswith("w13.weight"):
+            return [c.ffn_dim, c.ffn_dim]
+        return None
 
     def gates(self) -> torch.Tensor:
         """[n_layers, n_heads]: the share of each head's output taken from memory."""

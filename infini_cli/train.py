@@ -416,6 +416,11 @@ def load_train_state(path: Path, model: InfiniTransformer, opt: torch.optim.Adam
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if any(k.endswith((".attn.wq.weight", ".ffn.w1.weight")) for k in tensors):
+        # the weights would load (the model fuses them), but the optimizer's moments are
+        # stored per parameter of the old layout and would be matched to the wrong ones
+        raise InputError(f"{path}: saved before the projections were fused (wq/wk/wv, w1/w3); it cannot be resumed "
+                         "exactly: finish the run with an earlier infini, or delete it to start afresh")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     params = [p for g in opt.param_groups for p in g["params"]]
     for i, p in enumerate(params):

@@ -42,8 +42,8 @@ def random_model(cfg: ModelConfig, seed: int = 0, gate_std: float = 1.0) -> Infi
         for block in model.layers:
             block.attn.gate.copy_(torch.randn(cfg.n_heads, generator=gen) * gate_std)
             # larger weights than the training init so attention patterns are not uniform
-            for lin in (block.attn.wq, block.attn.wk):
-                lin.weight.mul_(10)
+            qk = (cfg.n_heads + cfg.n_kv_heads) * cfg.head_dim  # the Q and K rows of the fused wqkv
+            block.attn.wqkv.weight[:qk].mul_(10)
     return model.eval()
 
 

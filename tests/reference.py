@@ -48,9 +48,10 @@ def reference_forward(model, tokens: list[int], use_memory: bool = True) -> torc
         for i in range(cfg.n_layers):
             p = f"layers.{i}."
             x = rms(h, W[p + "attn_norm.weight"], cfg.norm_eps)
-            q = x @ W[p + "attn.wq.weight"].T
-            k = x @ W[p + "attn.wk.weight"].T
-            v = x @ W[p + "attn.wv.weight"].T
+            wq, wk, wv = W[p + "attn.wqkv.weight"].split((H * D, G * D, G * D))
+            q = x @ wq.T
+            k = x @ wk.T
+            v = x @ wv.T
             heads = []
             for hh in range(H):
                 kv = hh // g  # repeat_interleave mapping
@@ -68,7 +69,8 @@ def reference_forward(model, tokens: list[int], use_memory: bool = True) -> torc
                     heads.append(local)
             h = h + torch.cat(heads, -1) @ W[p + "attn.wo.weight"].T
             y = rms(h, W[p + "ffn_norm.weight"], cfg.norm_eps)
-            h = h + (F.silu(y @ W[p + "ffn.w1.weight"].T) * (y @ W[p + "ffn.w3.weight"].T)) @ W[p + "ffn.w2.weight"].T
+            w1, w3 = W[p + "ffn.w13.weight"].chunk(2)
+            h = h + (F.silu(y @ w1.T) * (y @ w3.T)) @ W[p + "ffn.w2.weight"].T
             if use_memory and T == S:  # a full segment is written after it is read
                 for kv in range(G):
                     kh = sig(k[:, kv * D:(kv + 1) * D])

@@ -83,7 +83,7 @@ def test_int8_linears_match_float_within_quantization_error():
     with torch.inference_mode():
         ref, _ = feed(model, StreamState.empty(model.config), tokens)
         q = use_int8_linears(random_model(preset("tiny"), seed=5))
-        assert isinstance(q.layers[0].ffn.w1, Int8Linear) and isinstance(q.lm_head, Int8Linear)
+        assert isinstance(q.layers[0].ffn.w13, Int8Linear) and isinstance(q.lm_head, Int8Linear)
         got, _ = feed(q, StreamState.empty(q.config), tokens)
     assert ((got - ref).norm() / ref.norm()).item() < 0.03
 

@@ -121,7 +121,7 @@ def test_int8_linears_at_load(tiny_checkpoint, tiny_model):
     if not int8_kernel_available():
         pytest.skip("no weight-only int8 kernel in this torch")
     loaded = load_checkpoint(tiny_checkpoint, int8_linears=True)
-    assert isinstance(loaded.model.layers[0].attn.wq, Int8Linear)
+    assert isinstance(loaded.model.layers[0].attn.wqkv, Int8Linear)
     tokens = list(range(40))
     with torch.inference_mode():
         out = logits_of(loaded.model, tokens)
@@ -162,7 +162,7 @@ def _rewrite_header(src, dst, edit):
     (lambda h: h["norm.weight"].__setitem__("data_offsets", ["0", "4"]), "broken header entry"),
     (lambda h: h["norm.weight"].pop("dtype"), "broken header entry"),
     (lambda h: h["norm.weight"].__setitem__("shape", [10 ** 6, 10 ** 6]), "byte range"),
-    (lambda h: h["layers.0.attn.wq.weight"].__setitem__("dtype", "I32"), "role needs"),
+    (lambda h: h["layers.0.attn.wqkv.weight"].__setitem__("dtype", "I32"), "role needs"),
     (lambda h: h["__metadata__"].__setitem__("training", "[1, 2]"), "training record"),
 ])
 def test_untrusted_headers_fail_in_one_line(tmp_path, tiny_checkpoint, edit, words):
@@ -190,3 +190,33 @@ def test_configs_with_absurd_sizes_are_refused_before_allocating(tmp_path, tiny_
     bad = _rewrite_header(tiny_checkpoint, tmp_path / "bad.safetensors", edit)
     with pytest.raises(CheckpointError, match=field):
         read_header(bad)
+
+
+@pytest.mark.parametrize("bits", [None, 8])
+def test_checkpoints_with_separate_projections_still_load(tmp_path, tokenizer, tiny_model, bits):
+    """Files written before wq/wk/wv and w1/w3 were fused load into the fused model unchanged."""
+    from infini_cli.checkpoint import save_tensors
+    from infini_cli.quantize import quantize_state_dict
+
+    cfg = tiny_model.config
+    H, G, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    legacy = {}
+    for k, v in tiny_model.state_dict().items():
+        if k.endswith("attn.wqkv.weight"):
+            for name, part in zip(("wq", "wk", "wv"), v.split((H * D, G * D, G * D))):
+                legacy[k.replace("wqkv", name)] = part.clone()
+        elif k.endswith("ffn.w13.weight"):
+            for name, part in zip(("w1", "w3"), v.chunk(2)):
+                legacy[k.replace("w13", name)] = part.clone()
+        else:
+            legacy[k] = v.clone()
+    assert not any("wqkv" in k or "w13" in k for k in legacy)
+    scheme = QuantScheme(bits)
+    old = tmp_path / "legacy.safetensors"
+    save_tensors(old, quantize_state_dict(legacy, scheme), cfg, tokenizer.to_json(), scheme, {})
+    new = tmp_path / "fused.safetensors"
+    save_checkpoint(new, tiny_model, tokenizer, quant=scheme)
+    tokens = list(range(3, 3 + 2 * cfg.segment_len))
+    a, _ = feed(load_checkpoint(old).model, StreamState.empty(cfg), tokens)
+    b, _ = feed(load_checkpoint(new).model, StreamState.empty(cfg), tokens)
+    assert torch.equal(a, b)

@@ -34,9 +34,11 @@ def test_wrong_group_mapping_would_be_caught():
     ref = reference_forward(model, tokens)
     with torch.no_grad():
         D = cfg.head_dim
+        k0 = cfg.n_heads * D  # the K rows of the fused wqkv start after Q's
         for b in model.layers:
-            w = b.attn.wk.weight.clone()
-            b.attn.wk.weight[:D], b.attn.wk.weight[D:2 * D] = w[D:2 * D].clone(), w[:D].clone()
+            w = b.attn.wqkv.weight
+            first, second = w[k0:k0 + D].clone(), w[k0 + D:k0 + 2 * D].clone()
+            w[k0:k0 + D], w[k0 + D:k0 + 2 * D] = second, first
     swapped, _ = feed(model, StreamState.empty(cfg), tokens)
     assert (swapped[0].double() - ref).abs().max() > 1e-3
 
