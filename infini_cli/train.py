@@ -1,10 +1,13 @@
 """Training: book text mixed with synthetic passkey retrieval, BPTT across segments, resume.
 
-Each step has two parts:
+Each step has up to four parts (each switched off by a batch size of 0):
   * text: random windows of several segments from the training books, full LM loss, so the
     memory learns to help ordinary prose;
   * passkey: Landmark-template prompts (standard filler or book prose as haystack, the key at
-    any depth, the first segment included), loss on the answer digits.
+    any depth, the first segment included), loss on the answer digits;
+  * copy: digit strings said again after some haystack (ordered recall);
+  * BABILong: bAbI facts spread through book windows, the question after them, loss on the
+    answer (train_babilong.py).
 
 Length without the cost of length: with the linear memory rule a segment written with
 weight w is exactly that segment written w times. Pure-haystack segments of a passkey prompt
