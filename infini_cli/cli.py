@@ -653,6 +653,10 @@ def _open_then_load(file: str, password: Optional[str], model: Optional[Path], d
         loaded = load_model(model, device, threads, task)
         if is_writer(loaded):
             reader = load_model(None, device, threads, "read")
+            if is_writer(reader):  # $INFINI_MODEL names the writer: the bundled reader reads
+                from .registry import PACKAGE_MODELS
+
+                reader = load_model(PACKAGE_MODELS / "infini-mini.safetensors", device, threads, "read")
             if threads is None and loaded.device.type == "cpu":
                 import torch
 
