@@ -592,17 +592,19 @@ def read(
     file: str = typer.Argument(..., help="A PDF or text file (UTF-8, or UTF-16 with a byte-order mark); - reads standard input."),
     password: Optional[str] = typer.Option(None, "--password", help="Password of an encrypted PDF (the empty one is tried first)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar (there is none either when stderr is not a terminal)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not save the document's memory for ask and summarize."),
     as_json: bool = JsonOpt,
     model: Optional[Path] = ModelOpt,
     device: str = DeviceOpt,
     threads: Optional[int] = ThreadsOpt,
 ) -> None:
-    """Stream a document through the model and report tokens, pages, speed; the first step of ask and summarize.
+    """Stream a document through the model and report tokens, pages, speed; the first step of ask and summarize
+    (its memory is saved, so ask and summarize on the same document then start at once).
 
     Example: infini read book.pdf        (or: cat notes.txt | infini read -)
     """
-    from .document import read_document
     from .readers import open_document
+    from .tasks.reading import read_or_load
 
     doc = open_document(file, password)  # bad input fails here, before the model loads
     try:
@@ -610,9 +612,11 @@ def read(
     except BaseException:
         doc.close()
         raise
-    result = read_document(loaded, doc, quiet=quiet, console=err)
-    stats = result.stats
-    _warn_all(stats.warnings)
+    # read now whatever the cache holds (this command measures reading), and save the entry so
+    # that ask and summarize on the same document start from it
+    read_result = read_or_load(loaded, doc, [], use_cache=not no_cache, quiet=quiet, console=err, lookup=False)
+    stats = read_result.stats
+    _warn_all(read_result.warnings)
     if as_json:
         out.print_json(json.dumps(stats.as_dict()))
         return

@@ -202,3 +202,16 @@ def test_a_damaged_entry_is_dropped_and_the_document_read_again(tmp_path, tiny_c
     assert any("damaged" in w and "read the document again" in w for w in again["warnings"])
     # the entry was written afresh: the next question is served from it
     assert ask_json(p, "Who built the bridge?", "--model", tiny_checkpoint)["cached"] is True
+
+
+def test_read_fills_the_cache_for_ask(tmp_path, tiny_checkpoint, cache_dir):
+    """`infini read` then `infini ask`: the document is read once."""
+    p = tmp_path / "notes.txt"
+    p.write_text(document())
+    r = run("read", p, "--model", tiny_checkpoint, "--json")
+    assert r.exit_code == 0, r.output
+    assert len(doc_cache.list_entries(cache_dir)) == 1
+    assert ask_json(p, "Who built the bridge?", "--model", tiny_checkpoint)["cached"] is True
+    # read always reads (it measures reading) and --no-cache saves nothing
+    again = run("read", p, "--model", tiny_checkpoint, "--json", "--no-cache")
+    assert again.exit_code == 0 and json.loads(again.stdout)["tokens"] == json.loads(r.stdout)["tokens"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from rich.console import Console
 
@@ -19,6 +19,9 @@ from .. import cache as doc_cache
 from ..checkpoint import LoadedModel
 from ..memory import StreamState
 from ..readers import Document
+
+if TYPE_CHECKING:
+    from ..document import ReadStats
 from .evidence import DocumentIndex, Passage, SentenceFeed
 
 Consumer = Callable[[Passage, DocumentIndex], None]
@@ -36,6 +39,7 @@ class ReadResult:
     cached: bool
     entry: Optional[doc_cache.CacheEntry] = None
     warnings: list[str] = field(default_factory=list)
+    stats: Optional["ReadStats"] = None   # the read's own figures, when the document was read now
 
 
 @dataclass
@@ -77,8 +81,12 @@ def read_or_load(
     quiet: bool = False,
     console: Optional[Console] = None,
     cache_root=None,
+    lookup: bool = True,
 ) -> ReadResult:
     """Stream `doc` (already opened, so bad input failed before the model loaded) or load it.
+
+    lookup=False always reads (`infini read` measures reading) but still saves the entry, so a
+    later ask or summarize starts from it.
 
     Standard input and pipes are never cached: their hash is known only after reading them all.
     """
@@ -87,7 +95,7 @@ def read_or_load(
     warnings: list[str] = []
     if use_cache and doc.kind in ("text", "pdf"):  # regular files: a pipe's hash is known only after reading
         key = (doc_cache.file_sha256(doc.name), doc_cache.model_hash(loaded.header.path))
-        entry = doc_cache.lookup(*key, root=cache_root)
+        entry = doc_cache.lookup(*key, root=cache_root) if lookup else None
         state = index = None
         if entry is not None:
             try:
@@ -149,4 +157,4 @@ def read_or_load(
             writer.abort()
         raise
     return ReadResult(result.state, index, stats.name, stats.kind, stats.tokens, stats.pages,
-                      time.perf_counter() - started, False, entry, list(stats.warnings) + warnings)
+                      time.perf_counter() - started, False, entry, list(stats.warnings) + warnings, stats)
