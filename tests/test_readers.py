@@ -256,7 +256,8 @@ def test_a_pipe_is_read_whole_and_never_cached(tmp_path, tiny_checkpoint, cache_
     text = "".join(f"Line {i} says the bridge was painted blue in spring.\n" for i in range(4000))  # ~200 KB
     whole = tmp_path / "whole.txt"
     whole.write_text(text)
-    ref = _json.loads(CliRunner().invoke(app, ["read", str(whole), "--model", str(tiny_checkpoint), "--json"]).stdout)
+    ref = _json.loads(CliRunner().invoke(app, ["read", str(whole), "--model", str(tiny_checkpoint), "--json",
+                                               "--no-cache"]).stdout)
     fifo = tmp_path / "pipe"
     t = _fifo_with_writer(fifo, text.encode())
     r = CliRunner().invoke(app, ["ask", str(fifo), "What colour was the bridge?", "--model", str(tiny_checkpoint),
