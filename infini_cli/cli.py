@@ -418,7 +418,7 @@ def passkey_test(
     if plot is not None:
         pk.plot_heatmap(summary, length_list, depth_list, plot)
         if not as_json:
-            err.print(Text(f"wrote {plot}"), soft_wrap=True)
+            err.print(Text("wrote ") + plain(str(plot)), soft_wrap=True)
     if as_json:
         out.print_json(json.dumps(summary))
         return
@@ -527,7 +527,7 @@ def babilong(
     if plot is not None:
         bl.plot_cells(summary, plot)
         if not as_json:
-            err.print(Text(f"wrote {plot}"), soft_wrap=True)
+            err.print(Text("wrote ") + plain(str(plot)), soft_wrap=True)
     if as_json:
         out.print_json(json.dumps(summary))
         return

@@ -19,10 +19,10 @@ from .. import cache as doc_cache
 from ..checkpoint import LoadedModel
 from ..memory import StreamState
 from ..readers import Document
+from .evidence import DocumentIndex, Passage, SentenceFeed
 
 if TYPE_CHECKING:
     from ..document import ReadStats
-from .evidence import DocumentIndex, Passage, SentenceFeed
 
 Consumer = Callable[[Passage, DocumentIndex], None]
 
