@@ -124,7 +124,7 @@ def writer_hint(task: str) -> Optional[str]:
         if name in models:
             return None
         if name in PULLABLE:
-            return (f"answers are extractive: the writer is not installed; `infini pull {name}` "
+            return (f"answers and summaries are extractive: the writer is not installed; `infini pull {name}` "
                     f"gets {PULLABLE[name].description.split(',')[0]}")
     return None
 
