@@ -34,11 +34,12 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, preset
 from .errors import InputError
+from .book_windows import BookWindows
 from .memory import StreamState
 from .model import InfiniTransformer
 from .stream import generate, train_forward
 from .tasks.number_distractors import sprinkle_near_misses, sprinkle_number_phrases, sprinkle_numbers
-from .tasks.passkey_prompt import Haystack, PasskeyPromptBuilder, first_integer, random_key, split_sentences
+from .tasks.passkey_prompt import Haystack, PasskeyPromptBuilder, first_integer, random_key
 from .tokenizer import TextTokenizer, train_tokenizer
 
 
@@ -160,21 +161,14 @@ class PasskeySampler:
     def __init__(self, cfg: TrainConfig, model_cfg: ModelConfig, tok: TextTokenizer, book_paths: list[str]) -> None:
         self.cfg, self.mcfg, self.tok = cfg, model_cfg, tok
         self.standard = PasskeyPromptBuilder(tok, Haystack.standard(tok))
-        self.book_paths = book_paths
-        self._book_text: dict[str, str] = {}
+        self.books = BookWindows(book_paths)
         # every answer tokenizes to the same number of tokens (one per digit). The full stop is
         # a target too: a model that was never shown where the key ends keeps writing digits,
         # and the first integer of " 4785521" is not 47852.
         self.answer_len = len(tok.encode(ANSWER.format(k="12345")))
 
     def _book_builder(self, rng: random.Random) -> PasskeyPromptBuilder:
-        path = rng.choice(self.book_paths)
-        if path not in self._book_text:
-            self._book_text[path] = Path(path).read_text(encoding="utf-8", errors="replace")
-        text = self._book_text[path]
-        start = rng.randrange(max(1, len(text) - 40_000))
-        window = text[start:start + 40_000]
-        sentences = split_sentences(window)[1:-1] or ["Nothing."]
+        path, sentences = self.books.draw(rng, 40_000, "Nothing.")
         # drawn only when enabled, so older recipes keep their exact data
         if self.cfg.haystack_numbers_prob > 0 and rng.random() < self.cfg.haystack_numbers_prob:
             sentences = sprinkle_numbers(sentences, rng, rate=rng.uniform(0.02, 0.2))

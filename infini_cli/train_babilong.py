@@ -17,7 +17,8 @@ from typing import Optional
 import torch
 
 from .tasks.babilong import ANSWER_TEMPLATE, BabiSample, SampleBuilder, load_tasks, parse_tasks
-from .tasks.passkey_prompt import Haystack, split_sentences
+from .book_windows import BookWindows
+from .tasks.passkey_prompt import Haystack
 from .tokenizer import TextTokenizer
 
 
@@ -32,7 +33,7 @@ class BabilongSampler:
         self.book_paths = book_paths
         self.max_segments, self.start_segments, self.ramp = max_segments, start_segments, ramp
         self.local_prob = local_prob
-        self._texts: dict[str, str] = {}
+        self.books = BookWindows(book_paths)
 
     def valid(self) -> "BabilongSampler":
         """The same sampler over the validation stories (built once)."""
@@ -49,12 +50,7 @@ class BabilongSampler:
         return round(self.start_segments + frac * (self.max_segments - self.start_segments))
 
     def _haystack(self, rng: random.Random) -> Haystack:
-        path = rng.choice(self.book_paths)
-        if path not in self._texts:
-            self._texts[path] = Path(path).read_text(encoding="utf-8", errors="replace")
-        text = self._texts[path]
-        start = rng.randrange(max(1, len(text) - 60_000))
-        sentences = split_sentences(text[start:start + 60_000])[1:-1] or ["Nothing happened."]
+        path, sentences = self.books.draw(rng, 60_000, "Nothing happened.")
         return Haystack(self.tok, sentences, path)
 
     def _draw(self, rng: random.Random) -> BabiSample:

@@ -165,9 +165,13 @@ class SampleBuilder:
     def __init__(self, tokenizer: TextTokenizer, haystack: Optional[Haystack]) -> None:
         self.tok = tokenizer
         self.haystack = haystack
+        self._facts: dict[BabiSample, list[list[int]]] = {}
 
     def fact_ids(self, sample: BabiSample) -> list[list[int]]:
-        return [self.tok.encode(" " + f) for f in sample.facts]
+        """The facts tokenized (once a sample: planning, grouping and streaming all need them)."""
+        if sample not in self._facts:
+            self._facts[sample] = [self.tok.encode(" " + f) for f in sample.facts]
+        return self._facts[sample]
 
     def question_ids(self, sample: BabiSample) -> list[int]:
         return self.tok.encode(sample.prompt_question())

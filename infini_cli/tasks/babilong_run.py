@@ -178,14 +178,10 @@ def build_cells(tasks: list[BabiTask], lengths: list[int], n: int, seed: int, sp
 
 
 def read_rows(path: Path) -> list[Row]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(Row(**json.loads(line)))
-            except (ValueError, TypeError):
-                continue
-    return rows
+    """Samples already in a results file (for resuming); broken lines are skipped."""
+    from .passkey import read_rows as read_jsonl_rows
+
+    return read_jsonl_rows(path, Row)
 
 
 def summarize_rows(rows: list[Row], cells: list[Cell], meta: dict) -> dict:

@@ -261,16 +261,21 @@ def results_identity(model_path: Path, haystack: Optional[Path], seed: int) -> d
             "seed": seed}
 
 
-def read_done(jsonl: Path) -> list[Trial]:
-    """Trials already in a results file (for resuming); broken lines are skipped."""
+def read_rows(jsonl: Path, row_type: type) -> list:
+    """Rows already in a results file (for resuming), as row_type; broken lines are skipped."""
     done = []
     if jsonl.exists():
         for line in jsonl.read_text().splitlines():
             try:
-                done.append(Trial(**json.loads(line)))
+                done.append(row_type(**json.loads(line)))
             except (ValueError, TypeError):
                 continue
     return done
+
+
+def read_done(jsonl: Path) -> list[Trial]:
+    """Trials already in a results file (for resuming); broken lines are skipped."""
+    return read_rows(jsonl, Trial)
 
 
 def write_summary(out_dir: Path, summary: dict) -> None:
