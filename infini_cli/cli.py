@@ -92,39 +92,9 @@ JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout in
 
 
 def load_model(model: Optional[Path], device: str, threads: Optional[int], task: str = "passkey"):
-    from .checkpoint import load_checkpoint
-    from .device import resolve_device, set_threads
-    from .registry import default_model_for, resolve_model
+    from .loading import load_model as load
 
-    set_threads(threads)
-    dev = resolve_device(device)
-    path = resolve_model(model) if model is not None else default_model_for(task)
-    loaded = load_checkpoint(path, dev, int8_linears=_decodes_in_int8(path, dev))
-    if threads is None and dev.type == "cpu":
-        import torch
-
-        from .device import default_threads
-
-        torch.set_num_threads(default_threads(_parameters(loaded)))
-    return loaded
-
-
-def _decodes_in_int8(path: Path, dev) -> bool:
-    """A writer stored in int8 decodes with torch's weight-only int8 kernel on the CPU: 39.9
-    against 15.3 tokens/s with float32 weights (two threads; prefill 508 against 594), so an
-    answer of ~700 prompt and ~40 written tokens takes ~2.4 s instead of ~3.8 (README,
-    "the writer's speed"). Readers only ingest, where float32 is faster."""
-    from .checkpoint import read_header
-    from .quantize import int8_kernel_available
-
-    header = read_header(path)
-    return (dev.type == "cpu" and header.quant.bits == 8 and bool(header.chat.get("template"))
-            and int8_kernel_available(dev))
-
-
-def _parameters(loaded) -> int:
-    """Weights of the model, int8 kernels' buffers included."""
-    return sum(t.numel() for t in (*loaded.model.parameters(), *loaded.model.buffers()))
+    return load(model, device, threads, task)
 
 
 def human_bytes(n: float) -> str:
@@ -646,30 +616,15 @@ def _open_then_load(file: str, password: Optional[str], model: Optional[Path], d
                     task: str):
     """Open the document first, so that bad input fails before the model loads.
 
-    Returns (document, reader, writer): a writer (a converted chat model) does not read the
-    document through its untrained memory; the bundled reader does, and picks the evidence.
+    Returns (document, reader, writer): loading.load_for_task says who reads and who writes.
     """
+    from .loading import load_for_task
     from .readers import open_document
-    from .tasks.writer import is_writer
 
     doc = open_document(file, password)
     try:
-        loaded = load_model(model, device, threads, task)
-        if is_writer(loaded):
-            reader = load_model(None, device, threads, "read")
-            if is_writer(reader):  # $INFINI_MODEL names the writer: the bundled reader reads
-                from .registry import PACKAGE_MODELS
-
-                reader = load_model(PACKAGE_MODELS / "infini-mini.safetensors", device, threads, "read")
-            if threads is None and loaded.device.type == "cpu":
-                import torch
-
-                from .device import default_threads
-
-                # the writer's count (every core): it is the larger model and writes last
-                torch.set_num_threads(default_threads(_parameters(loaded)))
-            return doc, reader, loaded
-        return doc, loaded, None
+        reader, writer = load_for_task(model, device, threads, task)
+        return doc, reader, writer
     except BaseException:
         doc.close()
         raise

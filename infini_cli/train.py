@@ -88,6 +88,7 @@ class TrainConfig:
     tokenizer_sample_bytes: int = 150_000   # per book
     threads: Optional[int] = None
     memory_rule: Optional[str] = None   # override the preset's rule (a delta run may start from a linear model)
+    segment_len: Optional[int] = None   # override the preset's segment (no weight depends on it)
     # BABILong: bAbI facts spread through book text, answered from memory (0: off)
     batch_babi: int = 0
     babi_dir: str = "../shared/data/babi"
@@ -97,6 +98,8 @@ class TrainConfig:
     babi_ramp: int = 0                  # steps over which documents grow to babi_segments
     babi_loss_weight: float = 1.0
     babi_local_prob: float = 0.0        # share of documents ending mid-segment (their tail in local attention)
+    babi_alone_prob: float = 0.0        # share of documents that are the facts alone (BABILong's length 0)
+    babi_eval_segments: str = "1,16,64"  # validation lengths in segments (0: the facts alone)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -438,8 +441,11 @@ def _init_weights_from(model: InfiniTransformer, path: Path, reset_gates: bool) 
     from .registry import resolve_model
 
     loaded = load_checkpoint(resolve_model(path), dtype=torch.float32)
-    # the memory rule may differ: it has no weights of its own (a delta run from a linear model)
-    if dataclasses.replace(loaded.header.config, memory_rule=model.config.memory_rule) != model.config:
+    # the memory rule and the segment may differ: neither has weights of its own (a delta run
+    # from a linear model; longer segments, so that more of a short document is in local attention)
+    same = dataclasses.replace(loaded.header.config, memory_rule=model.config.memory_rule,
+                               segment_len=model.config.segment_len)
+    if same != model.config:
         raise ValueError(f"{path}: its model config differs from this run's preset")
     weights = loaded.model.state_dict()
     if reset_gates:
@@ -490,6 +496,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, stop: Optional[C
     mcfg = dataclasses.replace(mcfg, vocab_size=tok.vocab_size)
     if cfg.memory_rule:
         mcfg = dataclasses.replace(mcfg, memory_rule=cfg.memory_rule)
+    if cfg.segment_len:
+        mcfg = dataclasses.replace(mcfg, segment_len=cfg.segment_len)
     books, book_paths = load_or_tokenize_books(cfg, tok, log)
     torch.manual_seed(cfg.seed)
     model = InfiniTransformer(mcfg).init_weights(cfg.seed).to(device)
@@ -525,28 +533,44 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, stop: Optional[C
     return final
 
 
-def _babi_loss(model: InfiniTransformer, batch, device) -> tuple[torch.Tensor, float, int]:
-    """Answer loss of a BABILong batch and its exact-answer share (teacher-forced)."""
-    toks, pos, tgt, _ = batch
+def _babi_loss(model: InfiniTransformer, batch, device, per_task: Optional[dict] = None
+               ) -> tuple[torch.Tensor, float, int]:
+    """Answer loss of a BABILong batch and its exact-answer share (teacher-forced).
+
+    per_task: filled with {task: [correct, total]} when given."""
+    toks, pos, tgt, tasks = batch
     toks, pos, tgt = toks.to(device), pos.to(device), tgt.to(device)
     h = train_forward(model, toks)
     logits = model.hidden_to_logits(h[pos[:, 0], pos[:, 1]])
     per_sample = torch.zeros(toks.shape[0], device=device).index_add_(
         0, pos[:, 0], (logits.argmax(-1) != tgt).float())
+    if per_task is not None:
+        for task, wrong in zip(tasks, per_sample.tolist()):
+            cell = per_task.setdefault(task, [0, 0])
+            cell[0] += int(wrong == 0)
+            cell[1] += 1
     return F.cross_entropy(logits, tgt), (per_sample == 0).float().mean().item(), toks.numel()
 
 
 @torch.no_grad()
-def eval_babilong(model: InfiniTransformer, babi_valid, segments: list[int], n: int, seed: int) -> dict[str, float]:
-    """Teacher-forced exact answers on the validation stories at fixed document lengths."""
+def eval_babilong(model: InfiniTransformer, babi_valid, segments: list[int], n: int, seed: int) -> dict:
+    """Teacher-forced exact answers on the validation stories at fixed document lengths
+    (0: the facts alone), overall and by task."""
     model.eval()
-    out = {}
+    out: dict = {}
     for k in segments:
         rng = random.Random(seed + k)
-        _, acc, _ = _babi_loss(model, babi_valid.batch(rng, 0, n, segments=k), next(model.parameters()).device)
+        per_task: dict = {}
+        _, acc, _ = _babi_loss(model, babi_valid.batch(rng, 0, n, segments=k), next(model.parameters()).device,
+                               per_task)
         out[f"babi_{k}seg"] = round(acc, 3)
+        out[f"babi_{k}seg_tasks"] = {t: round(c / max(1, m), 2) for t, (c, m) in sorted(per_task.items())}
     model.train()
     return out
+
+
+def babi_eval_lengths(cfg: TrainConfig) -> list[int]:
+    return [int(x) for x in cfg.babi_eval_segments.split(",") if x.strip()]
 
 
 def _train_loop(cfg, model, opt, step, record, sampler, eval_builder, tok, books, logf, state_path, log, stop,
@@ -617,7 +641,7 @@ def _train_loop(cfg, model, opt, step, record, sampler, eval_builder, tok, books
         if step % cfg.eval_every == 0 or step == cfg.steps:
             row["eval_passkey"] = eval_passkey(model, tok, eval_builder, [4 * S, 1024, 4096], 6, seed=1234)
             if babi is not None:
-                row["eval_passkey"].update(eval_babilong(model, babi.valid(), [1, 16, 64], 50, seed=4321))
+                row["eval_passkey"].update(eval_babilong(model, babi.valid(), babi_eval_lengths(cfg), 100, seed=4321))
             record["evals"].append({"step": step, **row["eval_passkey"]})
             t_last = time.time()
         logf.write(json.dumps(row) + "\n")

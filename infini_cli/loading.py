@@ -1,0 +1,79 @@
+"""Loading the models a command needs: one model, or a task's reader and writer.
+
+Shared by the CLI and by anything that runs tasks outside it (batch workers), so that a
+document is read and answered the same way wherever it is done.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Union
+
+if TYPE_CHECKING:  # torch loads only when a model does
+    from .checkpoint import LoadedModel
+
+
+def load_model(model: Optional[Union[Path, str]], device: str = "auto", threads: Optional[int] = None,
+               task: str = "passkey") -> LoadedModel:
+    """A checkpoint by path or name (None: the task's default), on its device, with its threads."""
+    from .checkpoint import load_checkpoint
+    from .device import resolve_device, set_threads
+    from .registry import default_model_for, resolve_model
+
+    set_threads(threads)
+    dev = resolve_device(device)
+    path = resolve_model(Path(model)) if model is not None else default_model_for(task)
+    loaded = load_checkpoint(path, dev, int8_linears=decodes_in_int8(path, dev))
+    if threads is None and dev.type == "cpu":
+        import torch
+
+        from .device import default_threads
+
+        torch.set_num_threads(default_threads(parameter_count(loaded)))
+    return loaded
+
+
+def decodes_in_int8(path: Path, dev) -> bool:
+    """A writer stored in int8 decodes with torch's weight-only int8 kernel on the CPU: 39.9
+    against 15.3 tokens/s with float32 weights (two threads; prefill 508 against 594), so an
+    answer of ~700 prompt and ~40 written tokens takes ~2.4 s instead of ~3.8 (README,
+    "the writer's speed"). Readers only ingest, where float32 is faster."""
+    from .checkpoint import read_header
+    from .quantize import int8_kernel_available
+
+    header = read_header(path)
+    return (dev.type == "cpu" and header.quant.bits == 8 and bool(header.chat.get("template"))
+            and int8_kernel_available(dev))
+
+
+def parameter_count(loaded: LoadedModel) -> int:
+    """Weights of the model, int8 kernels' buffers included."""
+    return sum(t.numel() for t in (*loaded.model.parameters(), *loaded.model.buffers()))
+
+
+def load_for_task(model: Optional[Union[Path, str]], device: str, threads: Optional[int],
+                  task: str) -> tuple[LoadedModel, Optional[LoadedModel]]:
+    """(reader, writer) for ask or summarize.
+
+    A writer (a converted chat model) does not read the document through its untrained
+    memory; the bundled reader does, and picks the evidence the writer is given. Without a
+    writer the task's model reads and answers alone (writer None).
+    """
+    from .tasks.writer import is_writer
+
+    loaded = load_model(model, device, threads, task)
+    if not is_writer(loaded):
+        return loaded, None
+    reader = load_model(None, device, threads, "read")
+    if is_writer(reader):  # $INFINI_MODEL names the writer: the bundled reader reads
+        from .registry import PACKAGE_MODELS
+
+        reader = load_model(PACKAGE_MODELS / "infini-mini.safetensors", device, threads, "read")
+    if threads is None and loaded.device.type == "cpu":
+        import torch
+
+        from .device import default_threads
+
+        # the writer's count (every core): it is the larger model and writes last
+        torch.set_num_threads(default_threads(parameter_count(loaded)))
+    return reader, loaded
