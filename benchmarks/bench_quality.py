@@ -10,7 +10,7 @@ Sections (--sections, default all):
   Baseline: rank_bm25's BM25Okapi over the same sentences (lower-cased \\w+ words). "ours"
   is the shipped ranking (evidence.AskPool and QuestionScorer, from the saved sentences as a
   second question would see them); "+ model" adds the model's question log-likelihood gain
-  over the top candidates (evidence.question_gain) at the weight given by --model-weight.
+  over the top candidates (model_scores.question_gain) at the weight given by --model-weight.
 - summarize: SQuALITY test stories, the 'What is the plot of the story?' references; ROUGE-1/2/L
   F1 (rouge_score, use_stemmer=True, best of the four references per story, as score_multi),
   at --words words for every system. Baselines: the first N words (lead) and TextRank (sentence
@@ -110,7 +110,8 @@ TUNING_ARTICLES = (0, 2, 4, 6)
 def bench_ask(loaded, data_dir: Path, workdir: Path, quick: bool, model_weight: float, rerank: int) -> dict:
     from rank_bm25 import BM25Okapi
 
-    from infini_cli.tasks.evidence import AskPool, AskWeights, QuestionScorer, question_gain
+    from infini_cli.tasks.ask_scoring import AskPool, AskWeights, QuestionScorer
+    from model_scores import question_gain
 
     articles = json.loads((data_dir / "squad" / "dev-v1.1.json").read_text())["data"]
     if quick:
@@ -123,7 +124,7 @@ def bench_ask(loaded, data_dir: Path, workdir: Path, quick: bool, model_weight: 
         before = Counter(counts)
         text = "\n\n".join(p["context"] for p in art["paragraphs"])
         rd, ps = read_text(loaded, text, workdir, "squad-article.txt")
-        read_s += rd.read_seconds
+        read_s += rd.seconds
         base = BM25Okapi([words(p.text) for p in ps])
         normed = [norm(p.text) for p in ps]
         for para in art["paragraphs"]:
@@ -206,8 +207,20 @@ def bench_summarize(loaded, data_dir: Path, workdir: Path, quick: bool, n_words:
                     model_weight: float) -> dict:
     from rouge_score import rouge_scorer
 
-    from infini_cli.tasks.evidence import Budget, summary_text
+    from model_scores import memory_gain
+
     from infini_cli.tasks.summarize import summarize_passages
+    from infini_cli.tasks.summary_scoring import Budget, SummaryPool, select_summary, summary_text
+
+    def with_model(ps, rd) -> list:
+        """Summary sentences with the model's memory gain added to the lexical score."""
+        pool = SummaryPool()
+        for p in ps:
+            pool.add(p, rd.index)
+        candidates = pool.candidates()
+        gains = memory_gain(loaded, rd.state, candidates) if candidates else []
+        extra = {p.index: model_weight * g for p, g in zip(candidates, gains)}
+        return select_summary(candidates, rd.index, budget, extra=extra)
 
     rows = [json.loads(line) for line in (data_dir / "squality" / f"{split}.jsonl").read_text().splitlines() if line]
     if quick:
@@ -222,10 +235,9 @@ def bench_summarize(loaded, data_dir: Path, workdir: Path, quick: bool, n_words:
         refs = [x["response_text"] for x in r["questions"][0]["responses"]]
         rd, ps = read_text(loaded, doc, workdir, "squality-story.txt")
         outs = {"lead": " ".join(doc.split()[:n_words]), "TextRank": textrank([p.text for p in ps], n_words),
-                "ours": summary_text(summarize_passages(ps, rd.index, budget, model_weight=0.0), budget)}
+                "ours": summary_text(summarize_passages(ps, rd.index, budget), budget)}
         if model_weight:
-            outs["ours + model"] = summary_text(
-                summarize_passages(ps, rd.index, budget, loaded, rd.state, model_weight), budget)
+            outs["ours + model"] = summary_text(with_model(ps, rd), budget)
         for s, text in outs.items():
             text = text.replace(" …", "")
             assert len(text.split()) <= n_words
@@ -282,9 +294,9 @@ def bench_long(loaded, data_dir: Path, workdir: Path, quick: bool, novel: str) -
                 wall = time.perf_counter() - t0
                 ranks = [i for i, e in enumerate(res.evidence) if needle in e.text]
                 trials.append({"fact": fi, "depth": depth, "question": q, "paraphrase": qi == 1,
-                               "top1": bool(ranks and ranks[0] == 0), "top3": bool(ranks), "cached": res.facts.cached,
-                               "seconds": round(wall, 3), "tokens": res.facts.tokens})
-                log(f"long: fact {fi} depth {depth:.0%} q{qi} top3={bool(ranks)} cached={res.facts.cached} {wall:.1f}s")
+                               "top1": bool(ranks and ranks[0] == 0), "top3": bool(ranks), "cached": res.facts["cached"],
+                               "seconds": round(wall, 3), "tokens": res.facts["tokens"]})
+                log(f"long: fact {fi} depth {depth:.0%} q{qi} top3={bool(ranks)} cached={res.facts['cached']} {wall:.1f}s")
     tokens = trials[0]["tokens"] if trials else 0
 
     def share(rows, key):

@@ -141,6 +141,7 @@ def status_mb(field: str) -> float:
 def speed(path: Path, checkpoint: Path, tokenize: bool) -> dict[str, Any]:
     """Reader (+ incremental tokenizer) throughput in this process, no model."""
     from infini_cli.checkpoint import read_header
+    from infini_cli.incremental import IncrementalEncoder
     from infini_cli.readers import open_document
     from infini_cli.tokenizer import TextTokenizer
 
@@ -149,7 +150,7 @@ def speed(path: Path, checkpoint: Path, tokenize: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     tokens = 0
     if tokenize:
-        for chunk in tok.iter_encode(doc):
+        for chunk in IncrementalEncoder(tok).encode_stream(doc):
             tokens += len(chunk.ids)
     else:
         for _ in doc:
@@ -173,13 +174,12 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from infini_cli.checkpoint import load_checkpoint
-    from infini_cli.document import read_document
+    from infini_cli.tasks.reading import read_document
 
     torch.set_num_threads(spec["threads"])
     loaded = load_checkpoint(spec["checkpoint"])
     before = status_mb("VmRSS")
-    result = read_document(loaded, spec["path"], quiet=True)
-    st = result.stats
+    st = read_document(loaded, spec["path"], quiet=True)
     return {"file": Path(spec["path"]).name, "kind": st.kind, "mb": round(st.bytes / MB, 1), "pages": st.pages,
             "tokens": st.tokens, "seconds": round(st.seconds, 1), "tokens_per_s": round(st.tokens_per_second),
             "mb_per_s": round(st.bytes / MB / st.seconds, 2), "rss_before_stream_mb": round(before, 1),
@@ -190,6 +190,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 def child_no_engine(spec: dict[str, Any]) -> dict[str, Any]:
     """Reader and incremental tokenizer only (no model is loaded): their own peak memory."""
     from infini_cli.checkpoint import read_header
+    from infini_cli.incremental import IncrementalEncoder
     from infini_cli.readers import open_document
     from infini_cli.tokenizer import TextTokenizer
 
@@ -197,7 +198,7 @@ def child_no_engine(spec: dict[str, Any]) -> dict[str, Any]:
     before = status_mb("VmRSS")
     doc = open_document(spec["path"])
     t0 = time.perf_counter()
-    tokens = sum(len(c.ids) for c in tok.iter_encode(doc))
+    tokens = sum(len(c.ids) for c in IncrementalEncoder(tok).encode_stream(doc))
     s = time.perf_counter() - t0
     return {"file": Path(spec["path"]).name, "kind": doc.kind, "mb": round(doc.bytes_read / MB, 1),
             "pages": doc.pages_read if doc.kind == "pdf" else None, "tokens": tokens, "seconds": round(s, 1),

@@ -80,7 +80,7 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
     from bench_quality import read_text
 
     from infini_cli.tasks.ask import write_answer
-    from infini_cli.tasks.evidence import AskPool, AskWeights, QuestionScorer
+    from infini_cli.tasks.ask_scoring import AskPool, AskWeights, QuestionScorer
     from infini_cli.tasks.writer import NOT_IN_DOCUMENT
 
     articles = json.loads((data_dir / "squad" / "dev-v1.1.json").read_text())["data"]
@@ -154,7 +154,7 @@ def bench_summarize(reader, writer, data_dir: Path, workdir: Path, n_stories: in
     from bench_quality import read_text, textrank
     from rouge_score import rouge_scorer
 
-    from infini_cli.tasks.evidence import Budget, summary_text
+    from infini_cli.tasks.summary_scoring import Budget, summary_text
     from infini_cli.tasks.summarize import MATERIAL, MIN_MATERIAL_WORDS, summarize_passages, write_summary
 
     rows = [json.loads(line) for line in (data_dir / "squality" / f"{split}.jsonl").read_text().splitlines() if line]

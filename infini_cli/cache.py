@@ -1,42 +1,48 @@
-"""Read once, ask many: the document memory saved on disk, keyed by document and model.
+"""Read once, ask many: a document's memory saved on disk, keyed by document and model.
 
 An entry is a folder `<doc sha256[:20]>-<model hash[:12]>/` in the cache directory
 ($INFINI_CACHE_DIR, else $XDG_CACHE_HOME/infini, else ~/.cache/infini) holding:
 
 - state.safetensors: the StreamState after the whole document (per layer M, z and the
-  unfinished segment's keys and values) with metadata (document name, hashes, tokens, stats);
-- sentences.jsonl.gz: every sentence with its page, line, offset and content terms, written
-  as the document streams by (never held in memory as a whole);
-- index.json.gz: the lexical statistics (document frequencies, term frequencies, names).
+  unfinished segment's keys and values), checked for shape and finiteness when loaded;
+- named record files (`<name>.jsonl.gz`, one JSON object a line, written as the document
+  streams by, never held in memory as a whole) and named JSON files (`<name>.json.gz`):
+  what they hold is the tasks' business (tasks/reading.py stores the sentences and the
+  lexical index), so this module knows nothing of them;
+- meta.json: the keys, the file list and what the reader said about the document.
 
-With these a second question, or a summary after a question, needs no model pass over the
-document: its sentences are rescored from disk and the model starts from the saved memory.
 Entries are written in a temporary folder and renamed into place, so a crash or Ctrl-C never
-leaves a half entry that looks complete.
+leaves a half entry that looks complete, and two processes writing the same entry (batch
+workers on a shared filesystem) each rename a whole one: the last rename wins.
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import torch
 
 if TYPE_CHECKING:
-    from .checkpoint import LoadedModel
+    from .config import ModelConfig
     from .memory import StreamState
-    from .tasks.evidence import DocumentIndex, Passage
 
-CACHE_VERSION = "1"
-STATE_FILE, SENTENCES_FILE, INDEX_FILE = "state.safetensors", "sentences.jsonl.gz", "index.json.gz"
+CACHE_VERSION = "2"
+STATE_FILE, META_FILE = "state.safetensors", "meta.json"
+
+
+def records_file(name: str) -> str:
+    return f"{name}.jsonl.gz"
+
+
+def json_file(name: str) -> str:
+    return f"{name}.json.gz"
 
 
 def cache_dir() -> Path:
@@ -46,33 +52,6 @@ def cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "infini"
-
-
-def file_sha256(path: Union[str, os.PathLike[str]], block: int = 1 << 20) -> str:
-    """sha256 of a file's bytes, read in blocks (constant memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(block)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def model_hash(path: Union[str, os.PathLike[str]]) -> str:
-    """sha256 of the checkpoint's header (config, tokenizer, tensor layout and offsets) and size.
-
-    The header names every tensor's dtype, shape and byte range, and the training record;
-    with the size it tells checkpoints apart without hashing hundreds of MB of weights.
-    """
-    p = Path(path)
-    size = p.stat().st_size
-    with p.open("rb") as f:
-        head = f.read(8)
-        (n,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
-        raw = f.read(min(n, 100 << 20))
-    return hashlib.sha256(head + raw + str(size).encode()).hexdigest()
 
 
 @dataclass
@@ -87,15 +66,15 @@ class CacheEntry:
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
 
-    def load_state(self, loaded: "LoadedModel") -> "StreamState":
+    def load_state(self, config: "ModelConfig", device: torch.device, dtype: torch.dtype) -> "StreamState":
+        """The saved memory, checked against the model before anything uses it (raises ValueError)."""
         from safetensors.torch import load_file
 
         from .memory import StreamState
 
         tensors = load_file(str(self.path / STATE_FILE), device="cpu")
-        cfg = loaded.config
-        n, d = cfg.n_kv_heads, cfg.head_dim
-        for i in range(cfg.n_layers):
+        n, d = config.n_kv_heads, config.head_dim
+        for i in range(config.n_layers):
             want = {"M": (1, n, d, d), "z": (1, n, d)}
             for name, shape in want.items():
                 t = tensors.get(f"{i}.{name}")
@@ -104,32 +83,23 @@ class CacheEntry:
             for name in ("k_local", "v_local"):
                 t = tensors.get(f"{i}.{name}")
                 if t is None or t.dim() != 4 or tuple(t.shape[:2]) != (1, n) or t.shape[3] != d \
-                        or t.shape[2] >= cfg.segment_len or not torch.isfinite(t).all():
+                        or t.shape[2] >= config.segment_len or not torch.isfinite(t).all():
                     raise ValueError(f"layer {i} {name} is missing, misshapen or not finite")
-        st = StreamState.from_tensors(tensors, cfg.n_layers, int(self.meta["tokens_seen"]),
+        st = StreamState.from_tensors(tensors, config.n_layers, int(self.meta["tokens_seen"]),
                                       int(self.meta["segments_written"]))
-        st.k_local = [t.to(loaded.dtype) for t in st.k_local]
-        st.v_local = [t.to(loaded.dtype) for t in st.v_local]
-        return st.to(loaded.device)
+        st.k_local = [t.to(dtype) for t in st.k_local]
+        st.v_local = [t.to(dtype) for t in st.v_local]
+        return st.to(device)
 
-    def load_index(self) -> "DocumentIndex":
-        from .tasks.evidence import DocumentIndex
+    def read_json(self, name: str) -> Any:
+        with gzip.open(self.path / json_file(name), "rt", encoding="utf-8") as f:
+            return json.load(f)
 
-        with gzip.open(self.path / INDEX_FILE, "rt", encoding="utf-8") as f:
-            return DocumentIndex.from_json(json.load(f))
-
-    def passages(self) -> Iterator["Passage"]:
-        """The document's sentences, streamed from disk one at a time."""
-        from .tasks.evidence import Passage
-
-        with gzip.open(self.path / SENTENCES_FILE, "rt", encoding="utf-8") as f:
+    def records(self, name: str) -> Iterator[dict]:
+        """A record file, streamed from disk one record at a time."""
+        with gzip.open(self.path / records_file(name), "rt", encoding="utf-8") as f:
             for line in f:
-                yield Passage.from_record(json.loads(line))
-
-    def check_passages(self) -> int:
-        """Read the sentences file through once (a damaged one fails here, before any task
-        has seen a sentence); returns how many there are."""
-        return sum(1 for _ in self.passages())
+                yield json.loads(line)
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -137,7 +107,7 @@ class CacheEntry:
     def touch(self) -> None:
         self.meta["last_used"] = time.time()
         try:
-            (self.path / "meta.json").write_text(json.dumps(self.meta))
+            (self.path / META_FILE).write_text(json.dumps(self.meta))
         except OSError:
             pass
 
@@ -147,13 +117,17 @@ def _entry_name(doc_hash: str, mhash: str) -> str:
 
 
 def _read_meta(folder: Path) -> Optional[dict]:
+    """An entry's meta when the entry is whole (this version, every file it lists), else None."""
     try:
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = json.loads((folder / META_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if meta.get("version") != CACHE_VERSION:
+    if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
         return None
-    if not all((folder / f).is_file() for f in (STATE_FILE, SENTENCES_FILE, INDEX_FILE)):
+    files = meta.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, str) and "/" not in f for f in files):
+        return None
+    if not all((folder / f).is_file() for f in [STATE_FILE, *files]):
         return None
     return meta
 
@@ -167,7 +141,7 @@ def lookup(doc_hash: str, mhash: str, root: Optional[Path] = None) -> Optional[C
 
 
 class EntryWriter:
-    """Writes an entry while the document streams: sentences go to disk as they come."""
+    """Writes an entry while the document streams: records go to disk as they come."""
 
     def __init__(self, doc_hash: str, mhash: str, root: Optional[Path] = None) -> None:
         self.root = root or cache_dir()
@@ -175,32 +149,49 @@ class EntryWriter:
         self.root.mkdir(parents=True, exist_ok=True)
         self.tmp = self.root / f".tmp-{_entry_name(doc_hash, mhash)}-{os.getpid()}-{time.time_ns()}"
         self.tmp.mkdir()
-        self._gz = gzip.open(self.tmp / SENTENCES_FILE, "wt", encoding="utf-8", compresslevel=6)
+        self._open: dict[str, Any] = {}
 
-    def add(self, p: "Passage") -> None:
-        self._gz.write(json.dumps(p.as_record(), ensure_ascii=False, separators=(",", ":")) + "\n")
+    def add_record(self, name: str, record: dict) -> None:
+        f = self._open.get(name)
+        if f is None:
+            f = self._open[name] = gzip.open(self.tmp / records_file(name), "wt", encoding="utf-8", compresslevel=6)
+        f.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
 
-    def commit(self, state: "StreamState", index: "DocumentIndex", info: dict) -> CacheEntry:
+    def _close_records(self) -> None:
+        for f in self._open.values():
+            f.close()
+
+    def commit(self, state: "StreamState", json_files: dict[str, Any], info: dict) -> CacheEntry:
+        """Write the state and the JSON files, then rename the whole entry into place."""
         from safetensors.torch import save_file
 
-        self._gz.close()
+        self._close_records()
         tensors = {k: v.detach().float().cpu().contiguous() for k, v in state.tensors().items()}
+        for name, obj in json_files.items():
+            with gzip.open(self.tmp / json_file(name), "wt", encoding="utf-8") as f:
+                json.dump(obj, f, ensure_ascii=False)
+        files = [records_file(n) for n in self._open] + [json_file(n) for n in json_files]
         meta = {"version": CACHE_VERSION, "doc_sha256": self.doc_hash, "model_hash": self.mhash,
                 "tokens_seen": state.tokens_seen, "segments_written": state.segments_written,
-                "created": time.time(), "last_used": time.time(), **info}
-        save_file(tensors, str(self.tmp / STATE_FILE), metadata={k: str(v) for k, v in meta.items()})
-        with gzip.open(self.tmp / INDEX_FILE, "wt", encoding="utf-8") as f:
-            json.dump(index.to_json(), f, ensure_ascii=False)
-        (self.tmp / "meta.json").write_text(json.dumps(meta))
+                "created": time.time(), "last_used": time.time(), "files": files, **info}
+        save_file(tensors, str(self.tmp / STATE_FILE))
+        (self.tmp / META_FILE).write_text(json.dumps(meta))
         final = self.root / _entry_name(self.doc_hash, self.mhash)
         if final.exists():
             shutil.rmtree(final, ignore_errors=True)
-        os.replace(self.tmp, final)
+        try:
+            os.replace(self.tmp, final)
+        except OSError:
+            # another process renamed the same entry into place between our check and our
+            # rename (batch workers): theirs is as good as ours
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            if _read_meta(final) is None:
+                raise
         return CacheEntry(final, meta)
 
     def abort(self) -> None:
         try:
-            self._gz.close()
+            self._close_records()
         except Exception:  # noqa: BLE001 - cleanup after another error
             pass
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -221,7 +212,8 @@ def list_entries(root: Optional[Path] = None) -> list[CacheEntry]:
 
 
 def clear(root: Optional[Path] = None) -> tuple[int, int]:
-    """Remove every entry (and leftovers of interrupted writes); returns (entries, bytes)."""
+    """Remove every entry (of any cache version) and leftovers of interrupted writes; returns
+    (entries, bytes)."""
     root = root or cache_dir()
     if not root.is_dir():
         return 0, 0
@@ -229,7 +221,7 @@ def clear(root: Optional[Path] = None) -> tuple[int, int]:
     for folder in root.iterdir():
         if not folder.is_dir():
             continue
-        is_entry = _read_meta(folder) is not None
+        is_entry = (folder / META_FILE).is_file() and not folder.name.startswith(".")
         if is_entry or folder.name.startswith(".tmp-"):
             freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
             shutil.rmtree(folder, ignore_errors=True)

@@ -4,6 +4,7 @@ record in the header metadata. Nothing here ever unpickles.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -116,16 +117,8 @@ def _check_tensor_dtypes(p: Path, header: dict) -> None:
                                   "the file is corrupt or not an infini checkpoint")
 
 
-def read_header(path: Union[str, Path]) -> CheckpointHeader:
-    """Validate and read a checkpoint's header without loading its tensors."""
-    p = Path(path)
-    if p.suffix.lower() in PICKLE_SUFFIXES:
-        raise CheckpointError(f"{p}: pickle-based files ({p.suffix}) are refused because loading them can run code; "
-                              "convert the model with `infini convert` to a .safetensors checkpoint")
-    if not p.exists():
-        raise CheckpointError(f"{p}: no such file; pass --model with the path of an infini .safetensors checkpoint")
-    if p.is_dir():
-        raise CheckpointError(f"{p}: is a directory; pass the .safetensors file inside it")
+def _raw_header(p: Path) -> tuple[bytes, bytes, int]:
+    """(the 8-byte header length, the header's JSON bytes, the file's size), lengths checked."""
     try:
         size = p.stat().st_size
         with p.open("rb") as f:
@@ -139,6 +132,31 @@ def read_header(path: Union[str, Path]) -> CheckpointHeader:
             raw = f.read(n)
     except OSError as e:
         raise CheckpointError(f"{p}: cannot read ({e.strerror}); check the file's permissions") from None
+    return head, raw, size
+
+
+def model_hash(path: Union[str, Path]) -> str:
+    """sha256 of the checkpoint's header (config, tokenizer, tensor layout and offsets) and size.
+
+    The header names every tensor's dtype, shape and byte range, and the training record;
+    with the size it tells checkpoints apart without hashing hundreds of MB of weights (the
+    document cache and benchmark results are keyed by it).
+    """
+    head, raw, size = _raw_header(Path(path))
+    return hashlib.sha256(head + raw + str(size).encode()).hexdigest()
+
+
+def read_header(path: Union[str, Path]) -> CheckpointHeader:
+    """Validate and read a checkpoint's header without loading its tensors."""
+    p = Path(path)
+    if p.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{p}: pickle-based files ({p.suffix}) are refused because loading them can run code; "
+                              "convert the model with `infini convert` to a .safetensors checkpoint")
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such file; pass --model with the path of an infini .safetensors checkpoint")
+    if p.is_dir():
+        raise CheckpointError(f"{p}: is a directory; pass the .safetensors file inside it")
+    head, raw, size = _raw_header(p)
     try:
         header = json.loads(raw)
         if not isinstance(header, dict):
@@ -156,8 +174,8 @@ def read_header(path: Union[str, Path]) -> CheckpointHeader:
         raise CheckpointError(f"{p}: checkpoint format version {meta.get('format_version')!r} is not supported "
                               f"(this infini reads version {FORMAT_VERSION}); upgrade infini")
     end = _check_tensor_entries(p, header)
-    if 8 + n + end > size:
-        raise CheckpointError(f"{p}: truncated: the header describes {8 + n + end} bytes but the file has {size}; "
+    if 8 + len(raw) + end > size:
+        raise CheckpointError(f"{p}: truncated: the header describes {8 + len(raw) + end} bytes but the file has {size}; "
                               "re-download or re-export it")
     try:
         config = ModelConfig.from_json(meta["config"])

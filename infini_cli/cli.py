@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
+from .terminal import plain
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -40,8 +41,6 @@ app = typer.Typer(
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> None:
-    from .terminal import plain
-
     err.print(Text("error: ", style="bold red") + plain(message), soft_wrap=True)
     raise typer.Exit(code)
 
@@ -120,8 +119,6 @@ def info(
     from .checkpoint import read_header
     from .info import checkpoint_info
     from .registry import resolve_model
-    from .terminal import plain
-
     path = resolve_model(checkpoint)
     data = checkpoint_info(read_header(path))
     if as_json:
@@ -198,7 +195,7 @@ def average(
 
     Example: infini average runs/mini-long/model.safetensors runs/mini-prose/model.safetensors --out runs/mini-soup.safetensors
     """
-    from .average import average_checkpoints
+    from .training.average import average_checkpoints
     from .errors import InputError
 
     parsed = None
@@ -278,7 +275,7 @@ def train(
     """
     from .device import resolve_device, set_threads
     from .errors import InputError
-    from .train import TrainConfig, train as run_training
+    from .training.train import TrainConfig, train as run_training
 
     set_threads(threads)
     settings: dict[str, Any] = {}
@@ -345,7 +342,7 @@ def passkey_test(
       infini passkey-test --haystack book.txt --json
     """
     from .device import describe
-    from .progress_bar import token_progress
+    from .progress import token_progress
     from .tasks import passkey as pk
 
     if trials < 1:
@@ -436,7 +433,7 @@ def babilong(
     """
     from .device import describe
     from .errors import InputError
-    from .progress_bar import token_progress
+    from .progress import token_progress
     from .tasks import babilong as bl
     from .tasks import babilong_run as run
     from .tasks import passkey as pk
@@ -532,8 +529,6 @@ def passkey_table(summary: dict, lengths: list[int], depths: list[float]) -> Tab
 
     from rich import box
 
-    from .terminal import plain
-
     # 11 depths of "100%" fit 80 columns only with a light box and one space between columns
     t = Table(title=plain(f"passkey retrieval: {Path(summary['model']).name}, haystack: {Path(summary['haystack']).name}"),
               box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0, 0, 1), pad_edge=False, collapse_padding=True)
@@ -584,24 +579,21 @@ def read(
         raise
     # read now whatever the cache holds (this command measures reading), and save the entry so
     # that ask and summarize on the same document start from it
-    read_result = read_or_load(loaded, doc, [], use_cache=not no_cache, quiet=quiet, console=err, lookup=False)
-    stats = read_result.stats
-    _warn_all(read_result.warnings)
+    read = read_or_load(loaded, doc, [], use_cache=not no_cache, quiet=quiet, console=err, lookup=False)
+    _warn_all(read.warnings)
     if as_json:
-        out.print_json(json.dumps(stats.as_dict()))
+        out.print_json(json.dumps(read.as_dict()))
         return
-    from .terminal import plain
-
-    t = Table(title=plain(stats.name), show_header=False)
+    t = Table(title=plain(read.name), show_header=False)
     t.add_column(style="bold")
     t.add_column()
-    if stats.pages is not None:
-        t.add_row("pages", f"{stats.pages:,}")
-    t.add_row("size", f"{human_bytes(stats.bytes)}, {stats.chars:,} characters")
-    t.add_row("tokens", f"{stats.tokens:,}" + ("" if stats.exact_tokenization else " (see warning)"))
-    t.add_row("time", f"{stats.seconds:.2f} s, {stats.tokens_per_second:,.0f} tokens/s")
-    t.add_row("memory writes", f"{stats.segments_written:,} segments")
-    t.add_row("memory state", f"{human_bytes(stats.memory_state_bytes)} (any length)")
+    if read.pages is not None:
+        t.add_row("pages", f"{read.pages:,}")
+    t.add_row("size", f"{human_bytes(read.bytes)}, {read.chars:,} characters")
+    t.add_row("tokens", f"{read.tokens:,}" + ("" if read.exact_tokenization else " (see warning)"))
+    t.add_row("time", f"{read.seconds:.2f} s, {read.tokens_per_second:,.0f} tokens/s")
+    t.add_row("memory writes", f"{read.state.segments_written:,} segments")
+    t.add_row("memory state", f"{human_bytes(read.state.memory_bytes())} (any length)")
     out.print(t)
 
 
@@ -643,8 +635,6 @@ def _where(p: dict) -> str:
 
 
 def _print_evidence(evidence: list[dict], title: str = "Evidence") -> None:
-    from .terminal import plain
-
     if not evidence:
         return
     out.print()
@@ -661,8 +651,6 @@ def _print_evidence(evidence: list[dict], title: str = "Evidence") -> None:
 
 def _print_footer(data: dict) -> None:
     from .tasks.ask import MODE_NOTE
-    from .terminal import plain
-
     parts = [MODE_NOTE.get(data["mode"], data["mode"]), f"{Path(data['document']).name}",
              f"{data['tokens']:,} tokens" + (f", {data['pages']} pages" if data.get("pages") else ""),
              f"{data['seconds']:.2f} s", "document memory from the cache" if data["cached"] else "read now"]
@@ -671,15 +659,11 @@ def _print_footer(data: dict) -> None:
 
 
 def _warn_all(warnings: list[str]) -> None:
-    from .terminal import plain
-
     for w in warnings:
         err.print(Text("warning: ", style="yellow") + plain(w), soft_wrap=True)
 
 
 def _stream_printer() -> Callable[[str], None]:
-    from .terminal import plain
-
     def show(piece: str) -> None:
         out.print(plain(piece), end="", soft_wrap=True)
     return show
@@ -889,8 +873,6 @@ def cache_list(as_json: bool = JsonOpt) -> None:
     Example: infini cache list --json
     """
     import datetime
-
-    from .terminal import plain
 
     from . import cache as doc_cache
 

@@ -11,7 +11,6 @@ in the checkpoint's metadata.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -43,14 +42,6 @@ _LAYER_MAP = {
     "attn_norm.weight": "attn_norm.weight",
     "ffn_norm.weight": "ffn_norm.weight",
 }
-
-
-@dataclass
-class GGUFModel:
-    config: ModelConfig
-    tokenizer_json: str
-    chat: dict[str, Any]          # template, bos/eos tokens
-    name: str
 
 
 def _require_gguf():

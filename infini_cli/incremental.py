@@ -88,14 +88,6 @@ class TokenChunk:
     def page(self, i: int) -> Optional[int]:
         return self.pages[i] or None
 
-    @property
-    def first_page(self) -> Optional[int]:
-        return (self.pages[0] or None) if self.ids else None
-
-    @property
-    def last_page(self) -> Optional[int]:
-        return (self.pages[-1] or None) if self.ids else None
-
 
 class IncrementalEncoder:
     """Feed text in pieces of any size; get TokenChunks whose ids concatenate to the whole's."""

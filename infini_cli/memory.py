@@ -15,7 +15,7 @@ the state of an earlier step can be kept, compared or cloned.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Union
 
 import torch
@@ -96,7 +96,6 @@ class StreamState:
     v_local: list[torch.Tensor]
     tokens_seen: int = 0
     segments_written: int = 0
-    meta: dict = field(default_factory=dict)
 
     @classmethod
     def empty(
@@ -131,7 +130,6 @@ class StreamState:
             v_local=[t.clone() for t in self.v_local],
             tokens_seen=self.tokens_seen,
             segments_written=self.segments_written,
-            meta=dict(self.meta),
         )
 
     def detach(self) -> "StreamState":
@@ -143,19 +141,18 @@ class StreamState:
             v_local=[t.detach() for t in self.v_local],
             tokens_seen=self.tokens_seen,
             segments_written=self.segments_written,
-            meta=dict(self.meta),
         )
 
     def select(self, b: int) -> "StreamState":
         """Stream b of a batch, as a batch of one (views, never written in place)."""
         pick = lambda ts: [t[b:b + 1] for t in ts]  # noqa: E731
         return StreamState(pick(self.M), pick(self.z), pick(self.k_local), pick(self.v_local),
-                           self.tokens_seen, self.segments_written, dict(self.meta))
+                           self.tokens_seen, self.segments_written)
 
     def to(self, device: Union[str, torch.device]) -> "StreamState":
         mv = lambda ts: [t.to(device) for t in ts]  # noqa: E731
         return StreamState(mv(self.M), mv(self.z), mv(self.k_local), mv(self.v_local),
-                           self.tokens_seen, self.segments_written, dict(self.meta))
+                           self.tokens_seen, self.segments_written)
 
     def memory_bytes(self) -> int:
         """Bytes of the compressive memory alone: constant whatever the length."""
@@ -198,5 +195,4 @@ def commit_segment(state: StreamState, rule: str, weight: Weight = None) -> Stre
         v_local=[empty(t) for t in state.v_local],
         tokens_seen=state.tokens_seen,
         segments_written=state.segments_written + 1,
-        meta=state.meta,
     )

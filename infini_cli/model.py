@@ -264,7 +264,7 @@ class InfiniTransformer(nn.Module):
             k_new.append(k_seg)
             v_new.append(v_seg)
         new_state = StreamState(state.M, state.z, k_new, v_new,
-                                state.tokens_seen + T, state.segments_written, state.meta)
+                                state.tokens_seen + T, state.segments_written)
         if logits == "none":
             return None, new_state
         if logits == "hidden":  # final hidden states before the norm; training picks positions

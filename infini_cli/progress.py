@@ -1,16 +1,20 @@
-"""A progress bar for reading a document: pages or MB read, tokens, tokens/s, ETA.
+"""Progress bars on stderr: reading a document (pages or MB read, tokens, tokens/s, ETA) and
+counting tokens of a known total (the passkey and BABILong grids).
 
-It draws on stderr only, so stdout stays clean for --json and pipes, and only when stderr
+They draw on stderr only, so stdout stays clean for --json and pipes, and only when stderr
 is a terminal: logs and CI output get no carriage-return noise.
 """
 
 from __future__ import annotations
 
+import sys
 import time
-from typing import Optional
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                           TimeRemainingColumn)
 from rich.text import Text
 
 from .readers import Document
@@ -79,3 +83,26 @@ class ReadProgress:
 
 def _short(name: str, width: int = 30) -> str:
     return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
+@contextmanager
+def token_progress(total: int, label: str, quiet: bool = False) -> Iterator[Callable[[int], None]]:
+    """Yields advance(n); the bar shows tokens done of total, tokens/s and the time left."""
+    if quiet or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    progress = Progress(
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
+        TextColumn("[cyan]{task.fields[rate]}"),
+        TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+    )
+    with progress:
+        task = progress.add_task(label, total=total, rate="")
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+            speed = progress.tasks[0].speed
+            if speed:
+                progress.update(task, rate=f"{speed:,.0f} tok/s")
+
+        yield advance

@@ -11,6 +11,7 @@ Every bad input raises `InputError` with one line that names the file and says w
 from __future__ import annotations
 
 import codecs
+import hashlib
 import os
 import stat
 import sys
@@ -358,3 +359,15 @@ class _Replacements:
     def __exit__(self, *exc: object) -> None:
         self.bytes = _tally.bytes
         _tally.bytes = self._saved
+
+
+def file_sha256(path: "str | os.PathLike[str]", block: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, read in blocks (constant memory): a document's cache key."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(block)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()

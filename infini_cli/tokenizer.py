@@ -7,13 +7,9 @@ the ids a whole-text encode would give.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-if TYPE_CHECKING:
-    from .incremental import IncrementalEncoder, TextPiece, TokenChunk
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>"]
 
@@ -58,21 +54,6 @@ class TextTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
 
-    def incremental(self, max_hold: Optional[int] = None) -> "IncrementalEncoder":
-        """An encoder fed text piece by piece that holds back only a bounded tail."""
-        from .incremental import DEFAULT_MAX_HOLD, IncrementalEncoder
-
-        return IncrementalEncoder(self, DEFAULT_MAX_HOLD if max_hold is None else max_hold)
-
-    def iter_encode(self, chunks: Iterable["TextPiece"], max_hold: Optional[int] = None) -> Iterator["TokenChunk"]:
-        """Encode a stream of text chunks (anything with .text, .page, .char_offset, .line).
-
-        The concatenated ids equal `encode(whole text)`; each token carries its page and the
-        document offset of its first character. Memory is bounded by the largest chunk plus
-        `max_hold` characters, whatever the stream's length.
-        """
-        return self.incremental(max_hold).encode_stream(chunks)
-
 
 def new_bpe_tokenizer() -> Tokenizer:
     tok = Tokenizer(models.BPE())
@@ -95,16 +76,3 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> TextTokenizer:
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return TextTokenizer(tok)
-
-
-def iter_text_files(folder: Path, max_bytes: int | None = None) -> Iterator[str]:
-    """Paragraph-sized pieces of every .txt file under folder, in sorted order."""
-    seen = 0
-    for path in sorted(folder.rglob("*.txt")):
-        text = path.read_text(encoding="utf-8", errors="replace")
-        for para in text.split("\n\n"):
-            if para.strip():
-                yield para
-                seen += len(para)
-                if max_bytes is not None and seen >= max_bytes:
-                    return

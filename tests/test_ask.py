@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from infini_cli.checkpoint import load_checkpoint, read_header, read_tensors, save_tensors
 from infini_cli.cli import app
 from infini_cli.tasks.ask import check_question, rank_passages
-from infini_cli.tasks.evidence import (AskPool, DocumentIndex, Passage, QuestionScorer, SentenceFeed, answer_type,
-                                       has_answer_type, passages_of_text, question_gain)
+from infini_cli.tasks.ask_scoring import AskPool, QuestionScorer, answer_type, has_answer_type
+from infini_cli.tasks.passages import DocumentIndex, Passage, SentenceFeed, passages_of_text
 from infini_cli.tasks.lexical import terms
 from tests.pdf_factory import make_pdf
 
@@ -104,7 +104,7 @@ def test_pool_is_bounded_and_keeps_the_answer():
 
 
 def test_sentence_feed_cuts_chunks_at_page_changes(tmp_path, tiny_checkpoint):
-    from infini_cli.document import read_document
+    from infini_cli.tasks.reading import read_document
 
     p = make_pdf(tmp_path / "r.pdf", pages=4)
     loaded = load_checkpoint(tiny_checkpoint)
@@ -119,6 +119,8 @@ def test_sentence_feed_cuts_chunks_at_page_changes(tmp_path, tiny_checkpoint):
 
 
 def test_question_gain_runs_in_one_batch(tiny_checkpoint):
+    """The benchmark's model rerank (benchmarks/model_scores.py) still runs on a real model."""
+    from benchmarks.model_scores import question_gain
     from infini_cli.memory import StreamState
 
     loaded = load_checkpoint(tiny_checkpoint)
@@ -223,7 +225,7 @@ def test_no_match_says_so(tmp_path, tiny_checkpoint):
 
 
 def test_who_is_questions_prefer_a_defining_sentence():
-    from infini_cli.tasks.evidence import definition_pattern
+    from infini_cli.tasks.ask_scoring import definition_pattern
 
     p = definition_pattern("Who is Professor Challenger?")
     assert p.search('"Professor Challenger, the famous zoologist!')

@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from infini_cli.average import average_checkpoints, normalized_weights
+from infini_cli.training.average import average_checkpoints, normalized_weights
 from infini_cli.checkpoint import load_checkpoint, read_header, save_checkpoint
 from infini_cli.cli import app
 from infini_cli.errors import InputError

@@ -139,7 +139,7 @@ def test_bad_options_are_one_line(babi_dir, tiny_checkpoint):
 
 
 def test_training_batches_put_the_answer_after_the_question(babi_dir, tokenizer, tmp_path):
-    from infini_cli.train_babilong import BabilongSampler
+    from infini_cli.training.babilong_data import BabilongSampler
 
     book = tmp_path / "book.txt"
     book.write_text(HAYSTACK)

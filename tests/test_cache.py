@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from infini_cli import cache as doc_cache
 from infini_cli.checkpoint import load_checkpoint, save_checkpoint
 from infini_cli.cli import app
-from infini_cli.document import read_document
+from infini_cli.tasks.reading import read_document
 from infini_cli.readers import open_document
-from infini_cli.tasks.reading import read_or_load
+from infini_cli.tasks.reading import INDEX, SENTENCES, read_or_load
 
 from .conftest import assert_one_line_error, random_model, tiny_config
 from .test_ask import ANSWER, document
@@ -179,13 +179,13 @@ def _damage_state_shape(entry):
 
 
 def _damage_sentences(entry):
-    (entry.path / doc_cache.SENTENCES_FILE).write_bytes(b"\x1f\x8b garbage")
+    (entry.path / doc_cache.records_file(SENTENCES)).write_bytes(b"\x1f\x8b garbage")
 
 
 def _damage_index(entry):
     import gzip
 
-    with gzip.open(entry.path / doc_cache.INDEX_FILE, "wt") as f:
+    with gzip.open(entry.path / doc_cache.json_file(INDEX), "wt") as f:
         f.write("{not json")
 
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from infini_cli.checkpoint import load_checkpoint
 from infini_cli.cli import app
-from infini_cli.document import read_document
+from infini_cli.tasks.reading import read_document
 from infini_cli.memory import StreamState
 from infini_cli.progress import ReadProgress
 from infini_cli.readers import open_document
@@ -77,7 +77,7 @@ def test_state_equals_feeding_the_whole_text(tmp_path, tiny_checkpoint):
     result = read_document(loaded, p, quiet=True, block_chars=37)
     ids = loaded.tokenizer.encode(TEXT)
     _, whole = feed(loaded.model, StreamState.empty(loaded.config), ids, logits="none")
-    assert result.state.tokens_seen == len(ids) == result.stats.tokens
+    assert result.state.tokens_seen == len(ids) == result.tokens
     assert result.state.segments_written == whole.segments_written
     for a, b in zip(result.state.M + result.state.k_local, whole.M + whole.k_local):
         torch.testing.assert_close(a, b)
@@ -88,7 +88,7 @@ def test_on_chunk_sees_pages(tmp_path, tiny_checkpoint):
     loaded = load_checkpoint(tiny_checkpoint)
     seen = []
     result = read_document(loaded, p, quiet=True, on_chunk=seen.append)
-    assert result.stats.pages == 4 and sum(len(c) for c in seen) == result.stats.tokens
+    assert result.pages == 4 and sum(len(c) for c in seen) == result.tokens
     text = "".join(c.text for c in seen)
     tokens = [(off, c.page(i)) for c in seen for i, off in enumerate(c.offsets)]
     for k in range(1, 5):  # the token holding the first letter of "minute{k}" lies on page k
@@ -123,7 +123,7 @@ def test_ctrl_c_is_one_line_and_130(tmp_path, tiny_checkpoint, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("infini_cli.document.ingest", interrupted)
+    monkeypatch.setattr("infini_cli.tasks.reading.ingest", interrupted)
     r = run("read", p, "--model", tiny_checkpoint)
     assert r.exit_code == 130
     assert r.output.strip() == "interrupted"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import re
 
-from infini_cli.tasks.number_distractors import (DECOY_NOUNS, decoy_statement, near_miss_statement, number_phrase,
+from infini_cli.training.number_distractors import (DECOY_NOUNS, decoy_statement, near_miss_statement, number_phrase,
                                                  sprinkle_near_misses, sprinkle_number_phrases, sprinkle_numbers)
 
 SENTENCES = [f"Word{i} went home and slept well." for i in range(400)]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from infini_cli.train import TrainConfig
+from infini_cli.training.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "models" / "recipes").glob("*.json"))

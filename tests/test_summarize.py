@@ -8,8 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from infini_cli.cli import app
-from infini_cli.tasks.evidence import (Budget, DocumentIndex, Passage, SummaryPool, passages_of_text, select_summary,
-                                       fit_budget, summary_eligible, summary_text)
+from infini_cli.tasks.passages import DocumentIndex, Passage, passages_of_text
+from infini_cli.tasks.summary_scoring import (Budget, SummaryPool, fit_budget, select_summary, summary_eligible,
+                                              summary_text)
 from infini_cli.tasks.lexical import terms
 from infini_cli.tasks.summarize import check_budget, summarize_passages
 from tests.pdf_factory import make_pdf

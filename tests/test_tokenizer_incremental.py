@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, models, normalizers, trainers
 
+from infini_cli.incremental import DEFAULT_MAX_HOLD, IncrementalEncoder
 from infini_cli.readers import TextChunk, open_document
 from infini_cli.tokenizer import TextTokenizer
 from tests.conftest import CORPUS
@@ -48,7 +49,7 @@ def page_at(chunks, offset):
 
 
 def check_stream(tokenizer, text, chunks, max_hold=None):
-    encoder = tokenizer.incremental(max_hold)
+    encoder = IncrementalEncoder(tokenizer, DEFAULT_MAX_HOLD if max_hold is None else max_hold)
     out = list(encoder.encode_stream(chunks))
     whole = tokenizer.backend.encode(text, add_special_tokens=False)
     ids = [i for c in out for i in c.ids]
@@ -83,7 +84,7 @@ def test_file_to_tokens_equals_whole_text(tmp_path, tokenizer, text, block, enc)
         return
     p = tmp_path / "t.txt"
     p.write_bytes(text.encode(enc))
-    ids = [i for c in tokenizer.iter_encode(open_document(p, block_chars=block)) for i in c.ids]
+    ids = [i for c in IncrementalEncoder(tokenizer).encode_stream(open_document(p, block_chars=block)) for i in c.ids]
     assert ids == tokenizer.encode(text)
 
 
@@ -122,7 +123,7 @@ def test_tiny_hold_is_exact_unless_it_says_so(tokenizer, text, hold, data):
 
 def test_held_tail_is_bounded(tokenizer):
     """An endless word: memory stays bounded, blind cuts are counted and reported."""
-    encoder = tokenizer.incremental(max_hold=1000)
+    encoder = IncrementalEncoder(tokenizer, max_hold=1000)
     for i in range(200):
         encoder.feed("a" * 500, None, i * 500)
         assert len(encoder._buf) <= 1000 + 500
@@ -130,7 +131,7 @@ def test_held_tail_is_bounded(tokenizer):
 
 
 def test_hold_is_short_for_ordinary_text(tokenizer):
-    encoder = tokenizer.incremental()
+    encoder = IncrementalEncoder(tokenizer)
     sent = "The committee decided to postpone the vote until the spring meeting. "
     for i in range(100):
         out = encoder.feed(sent, None, i * len(sent))
@@ -153,23 +154,23 @@ def test_position_dependent_tokenizer_is_flagged():
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=200, show_progress=False))
-    encoder = TextTokenizer(tok).incremental()
+    encoder = IncrementalEncoder(TextTokenizer(tok))
     assert not encoder.exact and "cannot be cut exactly" in encoder.warnings[0]
 
 
 def test_token_chunk_pages(tokenizer):
     chunks = [TextChunk("first page text", 1, 0, 1), TextChunk("\n\nsecond page", 2, 15, 1)]
-    out = list(tokenizer.iter_encode(chunks))
+    out = list(IncrementalEncoder(tokenizer).encode_stream(chunks))
     pages = [c.page(i) for c in out for i in range(len(c))]
     offsets = [o for c in out for o in c.offsets]
     assert pages[0] == 1 and pages[-1] == 2
     assert all(p == (1 if o < 15 else 2) for p, o in zip(pages, offsets))
-    text_chunks = list(tokenizer.iter_encode([TextChunk("no pages here", None, 0, 1)]))
-    assert text_chunks[0].first_page is None and text_chunks[0].page(0) is None
+    text_chunks = list(IncrementalEncoder(tokenizer).encode_stream([TextChunk("no pages here", None, 0, 1)]))
+    assert text_chunks[0].page(0) is None
 
 
 def test_utf16_bom_file(tmp_path, tokenizer):
     p = tmp_path / "u16.txt"
     p.write_bytes(codecs.BOM_UTF16_LE + "Grüße, 世界 😀\n".encode("utf-16-le") * 100)
-    ids = [i for c in tokenizer.iter_encode(open_document(p, block_chars=5)) for i in c.ids]
+    ids = [i for c in IncrementalEncoder(tokenizer).encode_stream(open_document(p, block_chars=5)) for i in c.ids]
     assert ids == tokenizer.encode("Grüße, 世界 😀\n" * 100)

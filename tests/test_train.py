@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from infini_cli.checkpoint import load_checkpoint
 from infini_cli.cli import app
-from infini_cli.train import TrainConfig, build_optimizer, lr_at, train
+from infini_cli.training.train import TrainConfig, build_optimizer, lr_at, train
 from infini_cli.model import InfiniTransformer
 from infini_cli.config import preset
 
@@ -78,7 +78,7 @@ def test_multi_query_prompts_ask_again_and_every_target_is_the_key(tokenizer, bo
     import random
 
     from infini_cli.tasks.passkey_prompt import QUESTION
-    from infini_cli.train import PasskeySampler
+    from infini_cli.training.train import PasskeySampler
     from tests.conftest import tiny_config
 
     cfg = TrainConfig(batch_passkey=4, passkey_segments=16, multi_query_prob=1.0, book_haystack_prob=0.5)
@@ -104,7 +104,7 @@ def test_straddling_answers_cross_a_segment_boundary_after_the_question(tokenize
     import random
 
     from infini_cli.tasks.passkey_prompt import QUESTION
-    from infini_cli.train import PasskeySampler
+    from infini_cli.training.train import PasskeySampler
     from tests.conftest import tiny_config
 
     mcfg = tiny_config(tokenizer)
@@ -127,7 +127,7 @@ def test_straddling_answers_cross_a_segment_boundary_after_the_question(tokenize
 
 
 def test_prompt_length_grows_over_the_curriculum(tokenizer, books):
-    from infini_cli.train import PasskeySampler
+    from infini_cli.training.train import PasskeySampler
     from tests.conftest import tiny_config
 
     cfg = TrainConfig(passkey_segments=8, passkey_segments_start=2, length_ramp=100)
@@ -152,7 +152,7 @@ def test_a_new_stage_starts_from_a_checkpoint_with_gates_optionally_reset(tmp_pa
 def test_copy_task_targets_are_digits_said_before(tokenizer, books):
     import random
 
-    from infini_cli.train import PasskeySampler
+    from infini_cli.training.train import PasskeySampler
     from tests.conftest import tiny_config
 
     cfg = TrainConfig(batch_copy=3, copy_segments=8, copy_local_start=1.0, copy_local_end=0.0, copy_local_ramp=10)
@@ -198,7 +198,7 @@ def test_distractor_numbers_go_into_the_haystack_not_the_key(tokenizer, books, m
     import random
     import re
 
-    from infini_cli.train import PasskeySampler
+    from infini_cli.training.train import PasskeySampler
     from tests.conftest import tiny_config
 
     def haystack_numbers(**knob):
@@ -219,8 +219,8 @@ def test_distractor_numbers_go_into_the_haystack_not_the_key(tokenizer, books, m
     assert haystack_numbers(haystack_numbers_prob=1.0) > 0
     assert haystack_numbers(haystack_phrases_prob=1.0) > 0
     # near misses are rare (0.5-3% of sentences) and these prompts short: denser, to see them arrive
-    import infini_cli.train as train_module
-    from infini_cli.tasks.number_distractors import sprinkle_near_misses
+    import infini_cli.training.train as train_module
+    from infini_cli.training.number_distractors import sprinkle_near_misses
     monkeypatch.setattr(train_module, "sprinkle_near_misses", lambda s, rng, rate: sprinkle_near_misses(s, rng, 0.5))
     assert haystack_numbers(haystack_near_miss_prob=1.0) > 0
 

@@ -20,8 +20,9 @@ from ..checkpoint import LoadedModel
 from ..errors import InputError
 from ..memory import StreamState
 from ..readers import Document
-from .evidence import AskPool, AskWeights, DocumentIndex, Passage, QuestionScorer, rank_for_question
-from .reading import RunFacts, generates_answers, read_or_load
+from .ask_scoring import AskPool, AskWeights, QuestionScorer, rank_for_question
+from .passages import DocumentIndex, Passage
+from .reading import generates_answers, read_or_load
 from .writer import NOT_IN_DOCUMENT, fit_passages, write
 
 EXTRACTIVE = "extractive"
@@ -59,7 +60,7 @@ class AskResult:
     answer: str
     mode: str
     evidence: list[Passage]
-    facts: RunFacts
+    facts: dict  # DocumentRead.run_facts: the document and the run
     warnings: list[str] = field(default_factory=list)
     writer: Optional[str] = None
 
@@ -70,7 +71,7 @@ class AskResult:
 
     def as_dict(self) -> dict:
         return {"question": self.question, "answer": self.answer, "mode": self.mode, "answered": self.answered,
-                "evidence": [p.evidence() for p in self.evidence], **self.facts.as_dict(),
+                "evidence": [p.evidence() for p in self.evidence], **self.facts,
                 "writer": self.writer, "warnings": self.warnings}
 
 
@@ -122,15 +123,14 @@ def generate_answer(loaded: LoadedModel, state: StreamState, evidence: list[Pass
     return shown.strip()
 
 
-def rank_passages(question: str, passages, index: DocumentIndex, top_k: int, loaded: Optional[LoadedModel] = None,
-                  state: Optional[StreamState] = None, weights: AskWeights = DEFAULT_WEIGHTS,
+def rank_passages(question: str, passages, index: DocumentIndex, top_k: int, weights: AskWeights = DEFAULT_WEIGHTS,
                   pool_size: int = 256) -> list[Passage]:
     """Rank an iterable of passages for a question with complete statistics (cached documents,
     benchmarks): the same pool and scoring as a live read, one pass, bounded memory."""
     pool = AskPool(QuestionScorer(question, weights), pool_size)
     for p in passages:
         pool.add(p, index.stats)
-    return rank_for_question(pool, index.stats, top_k, loaded, state)
+    return rank_for_question(pool, index.stats, top_k)
 
 
 def ask(
@@ -155,7 +155,7 @@ def ask(
     pool = AskPool(QuestionScorer(question, weights), size=max(256, 4 * top_k, 4 * WRITER_PASSAGES))
     read = read_or_load(loaded, doc, [lambda p, idx: pool.add(p, idx.stats)], use_cache, quiet, console, cache_root)
     n_rank = max(top_k, WRITER_PASSAGES) if writer is not None else top_k
-    ranked = rank_for_question(pool, read.index.stats, n_rank, loaded, read.state)
+    ranked = rank_for_question(pool, read.index.stats, n_rank)
     evidence = ranked[:top_k]
     warnings = list(read.warnings)
     if writer is not None:
@@ -166,7 +166,7 @@ def ask(
             answer = NOT_IN_DOCUMENT
             if on_text is not None:
                 on_text(answer)
-        return AskResult(question, answer, mode, evidence, RunFacts.of(read, loaded, started), warnings,
+        return AskResult(question, answer, mode, evidence, read.run_facts(loaded, started), warnings,
                          writer=str(writer.header.path))
     if generates_answers(loaded) and evidence:
         mode = GENERATED
@@ -178,4 +178,4 @@ def ask(
             warnings.append("no sentence of the document shares a content word with the question")
         if on_text is not None and answer:
             on_text(answer)
-    return AskResult(question, answer, mode, evidence, RunFacts.of(read, loaded, started), warnings)
+    return AskResult(question, answer, mode, evidence, read.run_facts(loaded, started), warnings)

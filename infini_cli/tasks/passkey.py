@@ -25,8 +25,6 @@ from ..stream import greedy_batch, ingest, start_segment_for
 from .passkey_prompt import Haystack, PasskeyPromptBuilder, first_integer
 
 ANSWER_TOKENS = 8  # " 12345." and a little slack
-DEFAULT_LENGTHS = "1k,4k,16k"
-DEFAULT_DEPTHS = ",".join(f"{i / 10:g}" for i in range(11))
 
 
 def parse_length(text: str) -> int:
@@ -254,7 +252,8 @@ def claim_results_folder(out_dir: Path, identity: dict[str, object]) -> None:
 
 def results_identity(model_path: Path, haystack: Optional[Path], seed: int) -> dict[str, object]:
     """What makes two runs' trials comparable: the checkpoint, the filler's bytes and the keys' seed."""
-    from ..cache import file_sha256, model_hash
+    from ..checkpoint import model_hash
+    from ..readers import file_sha256
 
     return {"model": f"{model_path.name} {model_hash(model_path)[:16]}",
             "haystack": f"{haystack.name} {file_sha256(haystack)[:16]}" if haystack else "standard filler",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+from typing import Iterator, Optional
 
 MAX_SENTENCE_CHARS = 1000
 
@@ -104,11 +104,3 @@ class SentenceSplitter:
         s = Sentence(text, self._index, offset, self._page_at(offset), line)
         self._index += 1
         yield s
-
-
-def split_stream(chunks: Iterable[tuple[str, int, Optional[int], Optional[int]]]) -> Iterator[Sentence]:
-    """Sentences of a stream of (text, char_offset, page, line) chunks."""
-    sp = SentenceSplitter()
-    for text, offset, page, line in chunks:
-        yield from sp.feed(text, offset, page, line)
-    yield from sp.finish()

@@ -24,8 +24,9 @@ from ..errors import InputError
 from ..memory import StreamState
 from ..readers import Document
 from .ask import EXTRACTIVE, GENERATED, WRITTEN
-from .evidence import Budget, DocumentIndex, Passage, SummaryPool, fit_budget, memory_gain, select_summary
-from .reading import RunFacts, generates_answers, read_or_load
+from .passages import DocumentIndex, Passage
+from .summary_scoring import Budget, SummaryPool, fit_budget, select_summary
+from .reading import generates_answers, read_or_load
 from .writer import fit_passages, write
 
 # The writer summarizes the extractive selection section by section (document order), each
@@ -39,10 +40,6 @@ MAX_SECTIONS = 8
 SUMMARY_SYSTEM = ("You summarize passages taken in order from one document. Write a faithful summary in plain "
                   "prose, in your own words: who does what, and what happens. No lists, no headings, no "
                   "comments about the passages.")
-
-# Weight of the model's memory gain (nats per token) added to the sentence score; measured on
-# SQuALITY dev (README, "Quality"), 0 = not used.
-MODEL_WEIGHT = 0.0
 
 
 def check_budget(words: Optional[int], sentences: Optional[int]) -> Budget:
@@ -63,7 +60,7 @@ class SummaryResult:
     summary: str
     mode: str
     evidence: list[Passage]
-    facts: RunFacts
+    facts: dict  # DocumentRead.run_facts: the document and the run
     budget: Budget
     warnings: list[str] = field(default_factory=list)
     sections: list[dict] = field(default_factory=list)   # written summaries: text and where it came from
@@ -74,26 +71,15 @@ class SummaryResult:
                 "sections": self.sections, "writer": self.writer,
                 "words": len(self.summary.replace(" …", "").split()),
                 "budget": {"words": self.budget.words, "sentences": self.budget.sentences},
-                **self.facts.as_dict(), "warnings": self.warnings}
+                **self.facts, "warnings": self.warnings}
 
 
-def choose(pool: SummaryPool, index: DocumentIndex, budget: Budget, loaded: Optional[LoadedModel] = None,
-           state: Optional[StreamState] = None, model_weight: float = MODEL_WEIGHT) -> list[Passage]:
-    candidates = pool.candidates()
-    extra = None
-    if model_weight and loaded is not None and state is not None and candidates:
-        gains = memory_gain(loaded, state, candidates)
-        extra = {p.index: model_weight * g for p, g in zip(candidates, gains)}
-    return select_summary(candidates, index, budget, extra=extra)
-
-
-def summarize_passages(passages, index: DocumentIndex, budget: Budget, loaded: Optional[LoadedModel] = None,
-                       state: Optional[StreamState] = None, model_weight: float = MODEL_WEIGHT) -> list[Passage]:
+def summarize_passages(passages, index: DocumentIndex, budget: Budget) -> list[Passage]:
     """Summary sentences of an iterable of passages with complete statistics (benchmarks, cache)."""
     pool = SummaryPool()
     for p in passages:
         pool.add(p, index)
-    return choose(pool, index, budget, loaded, state, model_weight)
+    return select_summary(pool.candidates(), index, budget)
 
 
 def generate_summary(loaded: LoadedModel, state: StreamState, chosen: list[Passage], budget: Budget,
@@ -206,7 +192,6 @@ def summarize(
     console: Optional[Console] = None,
     on_text: Optional[Callable[[str], None]] = None,
     cache_root=None,
-    model_weight: float = MODEL_WEIGHT,
     writer: Optional[LoadedModel] = None,
 ) -> SummaryResult:
     """Read `doc` with `loaded` (the reader) and summarize; with a `writer`, the summary is
@@ -216,13 +201,13 @@ def summarize(
     read = read_or_load(loaded, doc, [pool.add], use_cache, quiet, console, cache_root)
     words = budget.words or 25 * (budget.sentences or 5)
     material = Budget(words=max(MIN_MATERIAL_WORDS, MATERIAL * words)) if writer is not None else budget
-    chosen = choose(pool, read.index, material, loaded, read.state, model_weight)
+    chosen = select_summary(pool.candidates(), read.index, material)
     warnings = list(read.warnings)
     if not chosen:
         warnings.append("no sentence of 5 to 60 words found to summarize with")
     if writer is not None and chosen:
         text, sections = write_summary(writer, chosen, budget, on_text)
-        return SummaryResult(text, WRITTEN, chosen, RunFacts.of(read, loaded, started), budget, warnings,
+        return SummaryResult(text, WRITTEN, chosen, read.run_facts(loaded, started), budget, warnings,
                              sections, str(writer.header.path))
     if generates_answers(loaded) and chosen:
         mode = GENERATED
@@ -232,4 +217,4 @@ def summarize(
         text, chosen = fit_budget(chosen, budget)
         if on_text is not None and text:
             on_text(text)
-    return SummaryResult(text, mode, chosen, RunFacts.of(read, loaded, started), budget, warnings)
+    return SummaryResult(text, mode, chosen, read.run_facts(loaded, started), budget, warnings)

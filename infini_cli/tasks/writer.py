@@ -9,10 +9,13 @@ writer reads the evidence (README, "Which model reads and which writes").
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ..checkpoint import LoadedModel
 from ..memory import StreamState
+
+if TYPE_CHECKING:
+    import torch
 
 NOT_IN_DOCUMENT = "The document does not say."
 

@@ -13,9 +13,9 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .checkpoint import read_header, read_tensors, save_tensors
-from .errors import InputError
-from .quantize import QuantScheme, dequantize_tensors
+from ..checkpoint import read_header, read_tensors, save_tensors
+from ..errors import InputError
+from ..quantize import QuantScheme, dequantize_tensors
 
 PathLike = Union[str, Path]
 

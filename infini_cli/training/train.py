@@ -7,7 +7,7 @@ Each step has up to four parts (each switched off by a batch size of 0):
     any depth, the first segment included), loss on the answer digits;
   * copy: digit strings said again after some haystack (ordered recall);
   * BABILong: bAbI facts spread through book windows, the question after them, loss on the
-    answer (train_babilong.py).
+    answer (babilong_data.py).
 
 Length without the cost of length: with the linear memory rule a segment written with
 weight w is exactly that segment written w times. Pure-haystack segments of a passkey prompt
@@ -32,15 +32,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig, preset
-from .errors import InputError
+from ..config import ModelConfig, preset
+from ..errors import InputError
 from .book_windows import BookWindows
-from .memory import StreamState
-from .model import InfiniTransformer
-from .stream import generate, train_forward
-from .tasks.number_distractors import sprinkle_near_misses, sprinkle_number_phrases, sprinkle_numbers
-from .tasks.passkey_prompt import Haystack, PasskeyPromptBuilder, first_integer, random_key
-from .tokenizer import TextTokenizer, train_tokenizer
+from ..memory import StreamState
+from ..model import InfiniTransformer
+from ..stream import generate, train_forward
+from .number_distractors import sprinkle_near_misses, sprinkle_number_phrases, sprinkle_numbers
+from ..tasks.passkey_prompt import Haystack, PasskeyPromptBuilder, first_integer, random_key
+from ..tokenizer import TextTokenizer, train_tokenizer
 
 
 @dataclass
@@ -116,8 +116,8 @@ def load_or_train_tokenizer(cfg: TrainConfig, vocab_size: int, log: Callable[[st
         return TextTokenizer.from_json(path.read_text())
     if cfg.init_from:
         # a run that continues a model must speak its tokenizer
-        from .checkpoint import read_header
-        from .registry import resolve_model
+        from ..checkpoint import read_header
+        from ..registry import resolve_model
 
         tok = TextTokenizer.from_json(read_header(resolve_model(cfg.init_from)).tokenizer_json)
         path.write_text(tok.to_json())
@@ -437,8 +437,8 @@ def _init_weights_from(model: InfiniTransformer, path: Path, reset_gates: bool) 
     attention off, and a nearly closed gate gets almost no gradient; resetting them lets a
     new skill (in-context copying) form in local attention and be moved into memory.
     """
-    from .checkpoint import load_checkpoint
-    from .registry import resolve_model
+    from ..checkpoint import load_checkpoint
+    from ..registry import resolve_model
 
     loaded = load_checkpoint(resolve_model(path), dtype=torch.float32)
     # the memory rule and the segment may differ: neither has weights of its own (a delta run
@@ -510,7 +510,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, stop: Optional[C
         log(f"resumed from {state_path} at step {step}")
     (out / "train_config.json").write_text(cfg.to_json())
     sampler = PasskeySampler(cfg, mcfg, tok, book_paths)
-    from .train_babilong import make_sampler
+    from .babilong_data import make_sampler
 
     babi = make_sampler(cfg, tok, mcfg.segment_len, book_paths)
     eval_builder = PasskeyPromptBuilder(tok, Haystack.standard(tok))
@@ -525,7 +525,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print, stop: Optional[C
         log(f"interrupted: saved {state_path} at step {record.get('steps_done', step)}; run the same command to resume")
         raise
     final = out / "model.safetensors"
-    from .checkpoint import save_checkpoint
+    from ..checkpoint import save_checkpoint
 
     record.update({"steps": step, "train_config": dataclasses.asdict(cfg)})
     save_checkpoint(final, model, tok, training=record)

@@ -16,10 +16,10 @@ from typing import Optional
 
 import torch
 
-from .tasks.babilong import ANSWER_TEMPLATE, BabiSample, SampleBuilder, load_tasks, parse_tasks
+from ..tasks.babilong import ANSWER_TEMPLATE, BabiSample, SampleBuilder, load_tasks, parse_tasks
 from .book_windows import BookWindows
-from .tasks.passkey_prompt import Haystack
-from .tokenizer import TextTokenizer
+from ..tasks.passkey_prompt import Haystack
+from ..tokenizer import TextTokenizer
 
 
 class BabilongSampler:

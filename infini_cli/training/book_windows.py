@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from .tasks.passkey_prompt import split_sentences
+from ..tasks.passkey_prompt import split_sentences
 
 
 class BookWindows:

@@ -1,0 +1,164 @@
+"""Ask's evidence score: which sentences of a document answer a question (lexical).
+
+BM25 over stemmed, stop-word-free terms, plus shared term bigrams, plus an answer-type bonus
+(a "when" question wants a year or a month, "how many" a number, "who" a capitalised name);
+for "who/what is X" a bonus for a sentence that defines X; a sentence that is itself a
+question counts half. Measured in benchmarks/bench_quality.py (numbers in the README). A
+model rescoring of the best few (the likelihood of the question after a passage) moved
+SQuAD top-1/top-3 by +0.1 point with the bundled model, noise: it lives in the benchmark
+(benchmarks/model_scores.py), not here.
+
+Bounded whatever the document's length: the pool keeps a fixed number of candidates; the
+final ranking runs over the pool with the statistics of the whole document.
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+from .lexical import DocumentStats, terms, words
+from .passages import Passage
+
+
+_YEAR = re.compile(r"1\d{3}|20\d{2}")
+_DIGIT = re.compile(r"\d")
+_MONTHS = frozenset("january february march april may june july august september october november december".split())
+# a capitalised word that does not start the sentence
+_INNER_NAME = re.compile(r"(?<!^)(?<![.!?] )\b[A-Z][a-z]+")
+
+
+def answer_type(question: str) -> Optional[str]:
+    """"time", "number", "person" or None, from the question's wording."""
+    q = " ".join(words(question))
+    if q.startswith(("when", "what year", "in what year", "what date")) or " year " in f" {q} " or "what century" in q:
+        return "time"
+    if "how many" in q or "how much" in q or "percentage" in q:
+        return "number"
+    if q.startswith(("who", "whom", "whose")):
+        return "person"
+    return None
+
+
+def has_answer_type(kind: Optional[str], text: str) -> bool:
+    if kind is None:
+        return False
+    ws = words(text)
+    if kind == "time":
+        return any(_YEAR.fullmatch(w) for w in ws) or bool(_MONTHS.intersection(ws))
+    if kind == "number":
+        return any(_DIGIT.search(w) for w in ws) or "million" in ws
+    return bool(_INNER_NAME.search(text))
+
+
+_IS_QUESTION = re.compile(r"\?[\"'”’)\]]*\s*$")
+_DEFINITION_QUESTION = re.compile(r"^\s*(?:who|what)\s+(?:is|was|are|were)\s+(?:the\s+|a\s+|an\s+)?(.+?)\s*\??\s*$",
+                                  re.IGNORECASE)
+_DETERMINER = r"(?:a|an|the|one|my|our|his|her|their|its)"
+
+
+def definition_pattern(question: str) -> Optional[re.Pattern]:
+    """For "Who is X?" / "What was X?": a pattern matching sentences that define X
+    (an appositive "X, the ..." or a copula "X is a ..."); None for other questions."""
+    m = _DEFINITION_QUESTION.match(question)
+    if not m:
+        return None
+    subject = m.group(1).strip(" \"'")
+    if not subject or len(subject.split()) > 6:
+        return None
+    name = r"\s+".join(re.escape(w) for w in subject.split())
+    copula = rf"(?:is|was|are|were)\s+{_DETERMINER}\b"
+    return re.compile(rf"\b{name}\b(?:,\s*{_DETERMINER}\b|\s+{copula}|,\s*(?:who|which)\s+{copula})", re.IGNORECASE)
+
+
+@dataclass
+class AskWeights:
+    bigram: float = 1.0  # per shared term bigram
+    answer_type: float = 1.0  # bonus when the sentence has what the question asks for
+    # a sentence that is itself a question ("What do you know of Professor Challenger?") echoes
+    # the user's question rather than answering it: its score is multiplied by this
+    question_sentence: float = 0.5
+    # "Who is X?" / "What was X?": bonus for a sentence that defines X ("X, the famous
+    # zoologist", "X was a ...") rather than merely names it
+    definition: float = 2.0
+
+
+class QuestionScorer:
+    """The lexical score of a sentence for one question, against the given statistics."""
+
+    def __init__(self, question: str, weights: AskWeights = AskWeights()) -> None:
+        self.question = question
+        self.terms = terms(question)
+        self.bigrams = set(zip(self.terms, self.terms[1:]))
+        self.kind = answer_type(question)
+        self.defines = definition_pattern(question)
+        self.w = weights
+
+    def score(self, p: Passage, stats: DocumentStats) -> float:
+        s = stats.bm25(self.terms, p.terms)
+        if self.bigrams:
+            s += self.w.bigram * len(self.bigrams & set(zip(p.terms, p.terms[1:])))
+        if self.kind is not None and s > 0:
+            s += self.w.answer_type * has_answer_type(self.kind, p.text)
+        if self.defines is not None and s > 0 and self.defines.search(p.text):
+            s += self.w.definition
+        if _IS_QUESTION.search(p.text):
+            s *= self.w.question_sentence
+        return s
+
+
+class AskPool:
+    """A fixed number of candidates for one question, whatever the document's length.
+
+    Keeps the `size` best sentences by the score at the time they were seen (the statistics
+    are those of the text read so far), plus a stratified sample (every k-th sentence, k
+    doubling as the document grows) so that sentences scored with early statistics can still
+    win when the final statistics rerank the pool.
+    """
+
+    def __init__(self, scorer: QuestionScorer, size: int = 256, sample: int = 64) -> None:
+        self.scorer = scorer
+        self.size, self.sample_size = size, sample
+        self._heap: list[tuple[float, int, Passage]] = []
+        self._sample: list[Passage] = []
+        self._stride = 1
+
+    def add(self, p: Passage, stats: DocumentStats) -> None:
+        s = self.scorer.score(p, stats)
+        if s > 0:
+            item = (s, p.index, p)
+            if len(self._heap) < self.size:
+                heapq.heappush(self._heap, item)
+            elif item > self._heap[0]:
+                heapq.heapreplace(self._heap, item)
+        if p.index % self._stride == 0:
+            self._sample.append(p)
+            if len(self._sample) > self.sample_size:
+                self._stride *= 2
+                self._sample = [q for q in self._sample if q.index % self._stride == 0]
+
+    def __len__(self) -> int:
+        return len(self._heap) + len(self._sample)
+
+    def candidates(self) -> list[Passage]:
+        seen: dict[int, Passage] = {p.index: p for _, _, p in self._heap}
+        for p in self._sample:
+            seen.setdefault(p.index, p)
+        return list(seen.values())
+
+    def ranked(self, stats: DocumentStats) -> list[Passage]:
+        """The pool rescored with the final statistics, best first (ties: earlier first)."""
+        out = []
+        for p in self.candidates():
+            q = Passage(p.text, p.index, p.char_offset, p.page, p.line, p.terms, self.scorer.score(p, stats))
+            if q.score > 0:
+                out.append(q)
+        out.sort(key=lambda q: (-q.score, q.index))
+        return out
+
+
+def rank_for_question(pool: AskPool, stats: DocumentStats, top_k: int) -> list[Passage]:
+    """The final ranking: the pool rescored with the whole document's statistics."""
+    return pool.ranked(stats)[:top_k]
