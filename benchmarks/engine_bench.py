@@ -533,6 +533,11 @@ def machine_info(threads: int) -> dict[str, Any]:
         info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
     except OSError:
         pass
+    from infini_cli.device import SMALL_MODEL_PARAMETERS, busy_cores, default_threads
+
+    # what the product would choose now without --threads (busy cores come from the load average)
+    info["busy_cores"] = busy_cores()
+    info["default_threads"] = {"reader": default_threads(1), "writer": default_threads(10 * SMALL_MODEL_PARAMETERS)}
     try:
         with open("/proc/meminfo") as f:
             info["memory_gb"] = round(int(f.readline().split()[1]) / 1024 / 1024, 1)
@@ -794,7 +799,9 @@ def to_markdown(res: dict[str, Any], command: str = "infini bench") -> str:
     lines = [
         f"Measured with `{command}` ({res['plan']} plan) on {m['date']}: {m['cpu']}, {m['cores']} cores, "
         f"{m['threads']} torch thread{'s' if m['threads'] != 1 else ''} ({m['cpu_capability']}), torch {m['torch']}, transformers {m['transformers']}"
-        + (f", load average at start {m['load_average_at_start'][0]}" if "load_average_at_start" in m else "") + ".",
+        + (f", load average at start {m['load_average_at_start'][0]}" if "load_average_at_start" in m else "")
+        + (f"; default threads now: reader {m['default_threads']['reader']}, writer {m['default_threads']['writer']}"
+           f" ({m['busy_cores']} core(s) busy with other work)" if "default_threads" in m else "") + ".",
         (f"Model: {res['model']['source']}; {res['model']['parameters']:,} parameters, "
          f"segment {res['model']['config']['segment_len']}, {res['model']['config']['memory_rule']} memory. "
          f"Run time {res['elapsed_s']:,.0f} s."),
@@ -823,6 +830,10 @@ def print_report(res: dict[str, Any], console: Any) -> None:
     m = res["machine"]
     console.print(f"{m['cpu']}, {m['cores']} cores, {m['threads']} torch threads, torch {m['torch']}; "
                   f"model: {res['model']['source']}; {res['elapsed_s']:,.0f} s")
+    if "default_threads" in m:
+        console.print(f"default threads without --threads: reader {m['default_threads']['reader']}, writer "
+                      f"{m['default_threads']['writer']} ({m['busy_cores']} of {m['cores']} cores busy with other "
+                      f"work, load average {m.get('load_average_at_start', ['?'])[0]})")
 
 
 def write_results(res: dict[str, Any], out: Path, command: str) -> tuple[Path, Path]:

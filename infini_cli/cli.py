@@ -86,7 +86,7 @@ ModelOpt = typer.Option(None, "--model", "-m", help="A checkpoint (.safetensors)
                         "lists them); default: the task's model, or $INFINI_MODEL.")
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.")
 ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for torch (default: 1 for the small readers, "
-                          "every core for a writer).")
+                          "every core no other process keeps busy for a writer).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout instead of tables.")
 
 
@@ -114,7 +114,9 @@ def info(
 ) -> None:
     """Show a checkpoint's size, shape and memory state against a KV cache.
 
-    Example: infini info infini-mini --json
+    Example:
+
+      infini info infini-mini --json
     """
     from .checkpoint import read_header
     from .info import checkpoint_info
@@ -153,7 +155,9 @@ def quantize(
 ) -> None:
     """Quantize a checkpoint's weights to int8 or int4; prints sizes and the weights' error.
 
-    Example: infini quantize runs/mini-long/model.safetensors infini_cli/models/infini-mini.safetensors --bits 8
+    Example:
+
+      infini quantize runs/mini-long/model.safetensors infini_cli/models/infini-mini.safetensors --bits 8
     """
     from .checkpoint import read_header, read_tensors, save_tensors
     from .errors import InputError
@@ -193,7 +197,9 @@ def average(
 ) -> None:
     """Average checkpoints' weights (a model soup); quantize the result with `infini quantize`.
 
-    Example: infini average runs/mini-long/model.safetensors runs/mini-prose/model.safetensors --out runs/mini-soup.safetensors
+    Example:
+
+      infini average runs/mini-long/model.safetensors runs/mini-prose/model.safetensors --out runs/mini-soup.safetensors
     """
     from .training.average import average_checkpoints
     from .errors import InputError
@@ -227,8 +233,11 @@ def convert(
 ) -> None:
     """Convert a Llama-family model; gates start local-only, ready for fine-tuning with memory.
 
-    Examples: infini convert SmolLM2-135M-Instruct.Q4_1.gguf smollm2.safetensors --bits 8;
-    infini convert ./TinyLlama converted.safetensors --bits 8
+    Examples:
+
+      infini convert SmolLM2-135M-Instruct.Q4_1.gguf smollm2.safetensors --bits 8
+
+      infini convert ./TinyLlama converted.safetensors --bits 8
     """
     from .convert import convert_hf
     from .errors import InputError
@@ -271,7 +280,9 @@ def train(
 
     Resumes from the run folder's last checkpoint when there is one; Ctrl-C saves and stops.
 
-    Example: infini train --config models/train_mini.json --export infini_cli/models/infini-mini.safetensors
+    Example:
+
+      infini train --config models/train_mini.json --export infini_cli/models/infini-mini.safetensors
     """
     from .device import resolve_device, set_threads
     from .errors import InputError
@@ -566,7 +577,9 @@ def read(
     """Stream a document through the model and report tokens, pages, speed; the first step of ask and summarize
     (its memory is saved, so ask and summarize on the same document then start at once).
 
-    Example: infini read book.pdf        (or: cat notes.txt | infini read -)
+    Example:
+
+      infini read book.pdf        (or: cat notes.txt | infini read -)
     """
     from .readers import open_document
     from .tasks.reading import read_or_load
@@ -699,16 +712,20 @@ def ask(
 ) -> None:
     """Answer a question about a document of any length, with the evidence and its pages or lines.
 
-    The document is read once; its memory is saved (safetensors, keyed by the document's and the
-    model's hashes) so the next question about it starts at once. With the bundled model the
-    answer is the best evidence sentence itself ("extractive"); a checkpoint trained to answer
-    generates one from the document memory and the evidence ("generated"). The output says which.
+    The reader (the bundled infini-mini) streams the document through its memory and picks the
+    evidence; with the writer installed (infini pull smollm2) the answer is written from that
+    evidence ("written", or "The document does not say." when it holds no answer); without it,
+    the answer is the best evidence sentence itself ("extractive"). The output says which. The
+    document's memory and sentences are cached, keyed by the document's and the model's
+    hashes, so the next question about it starts at once.
 
     Examples:
 
       infini ask report.pdf "When did the committee meet?"
 
       infini ask book.txt "Who is Mr. Darcy?" --top-k 5 --json
+
+      infini ask book.txt "Who is Mr. Darcy?" --model infini-mini    (the extractive answer)
     """
     from .errors import InputError
     from .tasks import ask as ask_task
@@ -742,12 +759,16 @@ def summarize(
 ) -> None:
     """Summarize a document of any length; every summary sentence shows its page or line.
 
-    Extractive with the bundled model: sentences chosen from the whole arc of the document, in
-    document order. The document memory is cached like `ask`'s.
+    The reader streams the document and chooses sentences from its whole arc; with the writer
+    installed (infini pull smollm2) they are summarized section by section in its own words,
+    each section with the pages or lines it comes from; without it, the chosen sentences are
+    the summary (extractive, in document order). The document's memory is cached like ask's.
 
     Examples:
 
       infini summarize book.pdf
+
+      infini summarize book.pdf --words 120
 
       infini summarize notes.txt --sentences 5 --json
     """
@@ -819,7 +840,9 @@ def pull(
 def models(as_json: bool = JsonOpt) -> None:
     """List the models a --model name can refer to: bundled readers and pulled writers.
 
-    Example: infini models --json
+    Example:
+
+      infini models --json
     """
     from .checkpoint import CheckpointError, read_header
     from .registry import PULLABLE, TASK_DEFAULTS, data_dir, default_model_for, installed_models
@@ -870,7 +893,9 @@ app.add_typer(cache_app, name="cache")
 def cache_list(as_json: bool = JsonOpt) -> None:
     """List cached documents: name, model, tokens, size, dates.
 
-    Example: infini cache list --json
+    Example:
+
+      infini cache list --json
     """
     import datetime
 
@@ -912,7 +937,9 @@ def cache_list(as_json: bool = JsonOpt) -> None:
 def cache_clear(as_json: bool = JsonOpt) -> None:
     """Delete every cached document memory.
 
-    Example: infini cache clear
+    Example:
+
+      infini cache clear
     """
     from . import cache as doc_cache
 
@@ -989,6 +1016,37 @@ def _engine_bench():
     if str(folder) not in _sys.path:
         _sys.path.insert(0, str(folder))
     return importlib.import_module("engine_bench")
+
+
+def reflow_help(text: Optional[str]) -> Optional[str]:
+    """A docstring as help: the lines of a paragraph joined, so the terminal wraps them evenly
+    at its width (the source's line breaks would otherwise show as ragged lines); indented
+    lines (examples) and blank lines are kept as they are."""
+    if not text:
+        return text
+    import inspect
+
+    out: list[str] = []
+    for line in inspect.cleandoc(text).splitlines():
+        prose = line.strip() and not line.startswith(" ")
+        if prose and out and out[-1].strip() and not out[-1].startswith(" "):
+            out[-1] = f"{out[-1]} {line.strip()}"
+        else:
+            out.append(line)
+    # Typer dedents what follows the first paragraph as a block whose own first line does not
+    # count: a block starting "Examples:" would lose its examples' indent; a leading empty
+    # line makes "Examples:" count
+    first, _, rest = "\n".join(out).partition("\n\n")
+    return f"{first}\n\n\n{rest}" if rest else first
+
+
+def _reflow_all_help() -> None:
+    for typer_app in (app, cache_app):
+        for info in typer_app.registered_commands:
+            info.help = reflow_help(info.help or (info.callback.__doc__ if info.callback else None))
+
+
+_reflow_all_help()
 
 
 def main() -> None:

@@ -46,11 +46,25 @@ SMALL_MODEL_PARAMETERS = 20_000_000
 _TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
 
+def busy_cores() -> int:
+    """Cores other processes keep busy: the 1-minute load average, rounded (0 where unknown).
+
+    A writer given every core while another process holds one runs its OpenMP threads in
+    lockstep with a thread that keeps being descheduled: the same spin-waiting that made a
+    small reader 60x slower under load."""
+    try:
+        return max(0, int(os.getloadavg()[0] + 0.5))
+    except (AttributeError, OSError):  # not on this platform
+        return 0
+
+
 def default_threads(n_parameters: int) -> int:
-    """Threads when --threads is not given: one for a small reader, every core for a writer."""
+    """Threads when --threads is not given: one for a small reader; for a writer, every core
+    that no other process is keeping busy (at least one)."""
     if n_parameters < SMALL_MODEL_PARAMETERS:
         return 1
-    return max(1, min(os.cpu_count() or 1, _TORCH_DEFAULT_THREADS))
+    cores = max(1, min(os.cpu_count() or 1, _TORCH_DEFAULT_THREADS))
+    return max(1, cores - busy_cores())
 
 
 def describe(device: torch.device) -> str:

@@ -74,6 +74,6 @@ def load_for_task(model: Optional[Union[Path, str]], device: str, threads: Optio
 
         from .device import default_threads
 
-        # the writer's count (every core): it is the larger model and writes last
+        # the writer's count (every free core): it is the larger model and writes last
         torch.set_num_threads(default_threads(parameter_count(loaded)))
     return reader, loaded

@@ -241,3 +241,25 @@ def test_who_is_questions_prefer_a_defining_sentence():
     scorer = QuestionScorer("Who is Professor Challenger?")
     s = {x.text: scorer.score(x, stats.stats) for x in ps}
     assert s[texts[1]] > s[texts[0]]
+
+
+def test_a_sentence_broken_by_a_page_goes_on_over_the_break(tmp_path, tiny_checkpoint):
+    """A PDF page that ends mid-sentence does not cut the sentence in two (the page
+    separator is a blank line, which elsewhere ends a paragraph)."""
+    from infini_cli.tasks.reading import read_document
+
+    texts = ["The heir arrived in the spring. He had inherited Temple Barholm, it",
+             "is for any one to say why. The house stood empty.",
+             "Chapter Two",
+             "A new page begins here. It ends properly."]
+    p = make_pdf(tmp_path / "broken.pdf", pages=4, texts=texts)
+    loaded = load_checkpoint(tiny_checkpoint)
+    got = []
+    feed = SentenceFeed(got.append)
+    read_document(loaded, p, quiet=True, on_chunk=feed)
+    feed.finish()
+    by_text = {s.text: s.page for s in got}
+    assert by_text["He had inherited Temple Barholm, it is for any one to say why."] == 1
+    assert by_text["The house stood empty."] == 2
+    # a page that ends a sentence still ends it; a heading page stays a passage of its own
+    assert by_text["Chapter Two"] == 3 and by_text["A new page begins here."] == 4

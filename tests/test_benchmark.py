@@ -44,6 +44,10 @@ def test_bench_tiny_writes_json_and_markdown(tmp_path):
     assert json.loads(out.read_text())["plan"] == "tiny"
     md = out.with_suffix(".md").read_text()
     assert "side by side" in md and "peak RSS" in md and "MFU" in md
+    # the threads the product would choose under the load it saw are reported
+    assert "default threads now: reader 1, writer" in md
+    machine = json.loads(out.read_text())["machine"]
+    assert machine["default_threads"]["reader"] == 1 and machine["default_threads"]["writer"] >= 1
 
 
 def test_flops_per_token_counts_every_part():

@@ -36,6 +36,46 @@ def test_help_lists_every_command(flag):
         assert c in r.output
 
 
+def _help_commands() -> list[list[str]]:
+    return [[c] for c in COMMANDS if c != "cache"] + [["cache", "list"], ["cache", "clear"]]
+
+
+@pytest.mark.parametrize("command", _help_commands(), ids=lambda c: " ".join(c))
+def test_help_reads_evenly_at_80_columns(command, monkeypatch):
+    """Each paragraph of a command's help wraps at the terminal's width, not at the source's
+    line breaks (ragged lines), and examples keep their indent."""
+    monkeypatch.setenv("COLUMNS", "80")
+    r = CliRunner().invoke(app, [*command, "--help"], terminal_width=80)
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    prose = [line.rstrip() for line in lines if line.startswith(" ") and not line.startswith(("  ", " Usage"))]
+    text = "\n".join(lines)
+    assert "Example" in text, f"{command}: --help has no example"
+    # a ragged paragraph shows as a short line followed by one that goes on in lower case
+    for a, b in zip(prose, prose[1:]):
+        if b and b[1:2].islower() and not a.endswith((".", ":", ")")):
+            assert len(a) > 60, f"{command}: ragged help line {a!r} before {b!r}"
+    for line in lines:
+        if line.lstrip().startswith("infini ") and "Usage" not in line:
+            assert line.startswith("   "), f"{command}: example lost its indent: {line!r}"
+
+
+def test_reflow_help_joins_paragraph_lines_and_keeps_examples():
+    from infini_cli.cli import reflow_help
+
+    got = reflow_help("""Summary line.
+
+    A paragraph
+    broken in the source.
+
+    Examples:
+
+      infini ask a.txt "q"
+    """)
+    assert got == 'Summary line.\n\n\nA paragraph broken in the source.\n\nExamples:\n\n  infini ask a.txt "q"'
+
+
 def test_info_json(tiny_checkpoint, tiny_model):
     r = run("info", tiny_checkpoint, "--json")
     assert r.exit_code == 0, r.output
@@ -134,7 +174,7 @@ def test_strip_controls_keeps_text_and_layout():
     assert strip_controls("a\x1b[31mred\x1b[0m b\tc\nd\x07e\x1b]0;t\x1b\\f\u202eg") == "ared b\tc\ndefg"
 
 
-def test_small_readers_default_to_one_thread_and_writers_to_every_core():
+def test_small_readers_default_to_one_thread_and_writers_to_every_core(monkeypatch):
     from infini_cli.device import SMALL_MODEL_PARAMETERS, default_threads
 
     import os
@@ -144,9 +184,29 @@ def test_small_readers_default_to_one_thread_and_writers_to_every_core():
     assert default_threads(1_836_176) == 1
     from infini_cli import device
 
+    monkeypatch.setattr(device, "busy_cores", lambda: 0)  # an idle machine
     torch.set_num_threads(1)  # a reader loaded first must not cap the writer's count
     try:
         assert default_threads(SMALL_MODEL_PARAMETERS * 10) == max(1, min(os.cpu_count() or 1,
                                                                           device._TORCH_DEFAULT_THREADS))
     finally:
         torch.set_num_threads(device._TORCH_DEFAULT_THREADS)
+
+
+def test_a_writer_leaves_the_cores_other_processes_keep_busy(monkeypatch):
+    """Under load the writer's default gives way (every core minus the busy ones, at least
+    one); a small reader stays at one thread whatever the load."""
+    from infini_cli import device
+
+    monkeypatch.setattr(device, "_TORCH_DEFAULT_THREADS", 8)
+    monkeypatch.setattr(device.os, "cpu_count", lambda: 8)
+    big = device.SMALL_MODEL_PARAMETERS * 10
+    for load, want in [((0.2, 0, 0), 8), ((1.4, 0, 0), 7), ((2.6, 0, 0), 5), ((30.0, 0, 0), 1)]:
+        monkeypatch.setattr(device.os, "getloadavg", lambda load=load: load)
+        assert device.default_threads(big) == want
+        assert device.default_threads(1_836_176) == 1
+
+    def unknown():
+        raise OSError("no load average here")
+    monkeypatch.setattr(device.os, "getloadavg", unknown)
+    assert device.default_threads(big) == 8

@@ -16,6 +16,10 @@ MAX_SENTENCE_CHARS = 1000
 # a boundary: end punctuation (optionally closed by a quote or bracket) then whitespace and an
 # opening capital, digit, quote or bracket; or a blank line (paragraph break)
 _BOUNDARY = re.compile(r"(?<=[.!?])[\"'”’)\]]*(?P<ws>\s+)(?=[\"'“‘(\[]?[A-Z0-9À-Ý])|(?P<para>\n\s*\n)")
+# a page that ends like this ends mid-sentence: a comma, a hyphen, or a word in lower case
+# (a heading such as "Chapter Two" ends with a capitalised word and stays a passage)
+_ENDS_MID_SENTENCE = re.compile(r"(?:[,\-–—]|\b[a-z][a-z']*)\s*$")
+_STARTS_LOWER = re.compile(r"\s*[a-z]")
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "prof", "gen", "col", "capt", "lt", "sgt", "rev",
                   "vs", "etc", "no", "vol", "fig", "u.s", "e.g", "i.e", "mt", "ft", "ave", "co", "inc", "ltd"}
 
@@ -76,6 +80,10 @@ class SentenceSplitter:
             end = m.start("ws") if m.group("ws") is not None else m.start("para")
             if m.group("para") is None and _is_abbreviation(buf[start:m.start()]):
                 continue
+            if m.group("para") is not None and m.end() == len(buf) and not final:
+                break  # what follows a blank line decides whether it ends the sentence: wait for it
+            if m.group("para") is not None and self._continues_over_page(buf, start, m.start(), m.end()):
+                continue
             yield from self._make(buf[start:end], start)
             start = m.end()
         # cap the unfinished tail: cut at the last space within the cap
@@ -93,6 +101,15 @@ class SentenceSplitter:
         self._buf = buf[start:]
         keep = [(s, p) for s, p in self._pages if s > self._buf_offset]
         self._pages = [(self._buf_offset, self._page_at(self._buf_offset))] + keep
+
+    def _continues_over_page(self, buf: str, start: int, gap_start: int, gap_end: int) -> bool:
+        """A blank line at a page break, after text that does not end a sentence: the page
+        broke a sentence ("...had inherited Temple Barholm, it" / "is for any one..."), which
+        goes on over the break (with the page it started on)."""
+        lo, hi = self._buf_offset + gap_start, self._buf_offset + gap_end
+        if not any(lo <= s <= hi and p is not None for s, p in self._pages[1:]):
+            return False
+        return bool(_ENDS_MID_SENTENCE.search(buf[start:gap_start]) or _STARTS_LOWER.match(buf, gap_end))
 
     def _make(self, raw: str, rel: int) -> Iterator[Sentence]:
         text = " ".join(raw.split())
