@@ -4,7 +4,7 @@ Run the sweep first, one passkey test per novel of books/valid at 128K tokens:
 
     for f in ../shared/data/books/valid/*.txt; do
       infini passkey-test --lengths 128k --trials 1 --threads 1 --quiet --haystack "$f" \
-        --out benchmarks/results/mini/novels-128k/$(basename "$f" .txt)
+        --out benchmarks/results/infini-mini/novels-128k/$(basename "$f" .txt)
     done
     python benchmarks/novel_numbers.py
 
@@ -30,7 +30,7 @@ from infini_cli.tokenizer import TextTokenizer  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--results", type=Path, default=Path("benchmarks/results/mini/novels-128k"))
+    ap.add_argument("--results", type=Path, default=Path("benchmarks/results/infini-mini/novels-128k"))
     ap.add_argument("--data", type=Path, default=Path("../shared/data/books/valid"))
     ap.add_argument("--model", type=Path, default=default_model_path())
     ap.add_argument("--tokens", type=int, default=131072, help="prompt length the sweep used")

@@ -693,6 +693,8 @@ def _report(data: dict, warnings: list[str], as_json: bool, has_text: bool, empt
         out.print(Text(empty_note, style="yellow"), end="")
     out.print()
     _print_evidence(data["evidence"], evidence_title)
+    if data.get("second_hop"):
+        _print_evidence(data["second_hop"], "Second hop (sentences naming who or what the evidence names)")
     _print_footer(data)
 
 

@@ -263,3 +263,35 @@ def test_a_sentence_broken_by_a_page_goes_on_over_the_break(tmp_path, tiny_check
     assert by_text["The house stood empty."] == 2
     # a page that ends a sentence still ends it; a heading page stays a passage of its own
     assert by_text["Chapter Two"] == 3 and by_text["A new page begins here."] == 4
+
+
+STORY = ["Mary went to the kitchen.", "Daniel went to the hallway.", "Daniel picked up the football there.",
+         "Sandra journeyed to the office.", "Daniel went to the kitchen.", "Mary moved to the garden.",
+         "Daniel travelled to the bedroom.", "Sandra went back to the hallway."]
+
+
+def test_bridge_terms_are_the_names_the_evidence_adds():
+    from infini_cli.tasks.ask_scoring import bridge_terms
+
+    ps = passages_of_text(" ".join(STORY * 3 + ["Filler words go on here."] * 60))
+    index = index_of(ps)
+    first = [p for p in ps if "football" in p.text][:1]
+    assert bridge_terms("Where is the football?", first) == ["daniel"]
+    # a name the question already has is not a bridge
+    assert bridge_terms("Where is Daniel?", first) == []
+
+
+def test_second_hop_finds_the_latest_sentence_one_name_away():
+    """"Where is the football?": the best evidence names Daniel; the answer is the last place
+    Daniel went, a sentence that does not mention the football."""
+    from infini_cli.tasks.ask_scoring import second_hop
+
+    filler = [f"The rain fell on roof number {i} all night." for i in range(40)]
+    ps = passages_of_text(" ".join(filler[:20] + STORY + filler[20:]))
+    index = index_of(ps)
+    first = rank_passages("Where is the football?", ps, index, top_k=3)
+    assert "football" in first[0].text
+    hop = second_hop("Where is the football?", first, ps, index.stats, k=3)
+    assert hop[0].text == "Daniel travelled to the bedroom."
+    assert all("Daniel" in p.text for p in hop) and first[0].index not in {p.index for p in hop}
+    assert second_hop("Where is the football?", [], ps, index.stats, k=3) == []

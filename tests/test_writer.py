@@ -75,3 +75,19 @@ def test_summarize_with_a_writer_cites_where(tmp_path, writer_path):
     firsts = [s["lines"][0] for s in data["sections"]]
     assert firsts == sorted(firsts)  # document order
     assert len(data["summary"].split()) <= 40 + 2 * len(data["sections"])
+
+
+def test_the_writer_reads_a_second_hop_from_the_cache(tmp_path, writer_path, monkeypatch):
+    """A cached document's sentences are read again for the names the evidence adds; the
+    sentences found are reported beside the evidence (and a pipe, never cached, has none)."""
+    monkeypatch.setenv("INFINI_CACHE_DIR", str(tmp_path / "cache"))
+    doc = tmp_path / "d.txt"
+    doc.write_text(document() + "Thomas Telford later surveyed the canal from Chester.\n")
+    r = runner.invoke(app, ["ask", str(doc), "Who built the bridge?", "--model", str(writer_path), "--json"])
+    assert r.exit_code == 0, r.output
+    hop = json.loads(r.output)["second_hop"]
+    assert [h["text"] for h in hop] == ["Thomas Telford later surveyed the canal from Chester."]
+    r = runner.invoke(app, ["ask", "-", "Who built the bridge?", "--model", str(writer_path), "--json"],
+                      input=doc.read_text())
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["second_hop"] == []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import heapq
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Optional, Sequence
 
 from .lexical import DocumentStats, terms, words
 from .passages import Passage
@@ -162,3 +162,69 @@ class AskPool:
 def rank_for_question(pool: AskPool, stats: DocumentStats, top_k: int) -> list[Passage]:
     """The final ranking: the pool rescored with the whole document's statistics."""
     return pool.ranked(stats)[:top_k]
+
+
+# ----------------------------------------------------------------------------- second hop
+
+# capitalised words anywhere in a sentence (a sentence's first word too: "Mary went to ...")
+_CAPITALISED = re.compile(r"\b[A-Z][a-z]+\b")
+
+
+def bridge_terms(question: str, first_hop: Sequence[Passage]) -> list[str]:
+    """The names the best evidence adds to the question: what a second hop looks for.
+
+    "Where is the football?" finds "Daniel picked up the football."; the answer is in a
+    sentence that names Daniel and not the football ("Daniel went to the garden."). Names
+    are the capitalised words of the first hop that are content terms (not stop words) and
+    not in the question."""
+    asked = set(terms(question))
+    out: list[str] = []
+    for p in first_hop:
+        for word in _CAPITALISED.findall(p.text):
+            for t in terms(word):
+                if t not in asked and t not in out:
+                    out.append(t)
+    return out
+
+
+class HopPool:
+    """The sentences that name a bridge term, best first (the latest among equals: where a
+    person is now is the last thing said of them); bounded like AskPool."""
+
+    def __init__(self, bridge: Sequence[str], size: int = 64) -> None:
+        self.bridge, self.size = list(bridge), size
+        self._heap: list[tuple[float, int, Passage]] = []
+
+    def add(self, p: Passage, stats: DocumentStats) -> None:
+        if not self.bridge:
+            return
+        s = stats.bm25(self.bridge, p.terms)
+        if s > 0:
+            item = (s, p.index, p)
+            if len(self._heap) < self.size:
+                heapq.heappush(self._heap, item)
+            elif item > self._heap[0]:
+                heapq.heapreplace(self._heap, item)
+
+    def ranked(self, stats: DocumentStats, exclude: set[int]) -> list[Passage]:
+        out = []
+        for _, _, p in self._heap:
+            if p.index in exclude:
+                continue
+            q = Passage(p.text, p.index, p.char_offset, p.page, p.line, p.terms, stats.bm25(self.bridge, p.terms))
+            out.append(q)
+        out.sort(key=lambda q: (-q.score, -q.index))
+        return out
+
+
+def second_hop(question: str, first_hop: Sequence[Passage], passages: Iterable[Passage], stats: DocumentStats,
+               k: int, follow: int = 3) -> list[Passage]:
+    """Up to k sentences one step from the best `follow` evidence sentences (see bridge_terms),
+    from a second pass over the document's sentences (the cache streams them back)."""
+    bridge = bridge_terms(question, first_hop[:follow])
+    if not bridge or k <= 0:
+        return []
+    pool = HopPool(bridge)
+    for p in passages:
+        pool.add(p, stats)
+    return pool.ranked(stats, {p.index for p in first_hop})[:k]

@@ -15,7 +15,6 @@ exactly the cell's length, so their streams stay aligned.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import time
@@ -148,6 +147,11 @@ class BabilongRunner:
                        state.tokens_seen + len(q), round(secs, 3), self.method))
 
     def _ask_row(self, cell: Cell, i: int) -> Row:
+        """`infini ask` on the sample as a file: its cache entry (in a folder of its own,
+        removed after) lets the second hop read the sentences again, as for any user's file."""
+        import tempfile
+
+        from .. import cache as doc_cache
         from ..readers import open_document
         from .ask import ask
 
@@ -157,9 +161,12 @@ class BabilongRunner:
         n = self.doc_tokens(cell, i)
         ids = [t for c in self.builder.iter_exact(s, plan, n) for t in c]
         text = self.loaded.tokenizer.decode(ids).strip()
-        doc = open_document("-", stdin=io.BytesIO(text.encode("utf-8")))
-        result = ask(self.loaded, doc, s.question, top_k=3, use_cache=False, quiet=True,
-                     writer=self.writer if self.method == "writer" else None)
+        with tempfile.TemporaryDirectory(prefix="infini-babilong-") as tmp:
+            path = Path(tmp) / "sample.txt"
+            path.write_text(text, encoding="utf-8")
+            result = ask(self.loaded, open_document(str(path)), s.question, top_k=3, use_cache=True, quiet=True,
+                         cache_root=Path(tmp) / "cache", writer=self.writer if self.method == "writer" else None)
+            doc_cache.clear(Path(tmp) / "cache")
         output = _first_line(result.answer)
         return Row(s.task, cell.length, i, s.story, s.question, s.answer, output,
                    is_correct(output, s.answer, cell.task.answer_words, s.question), len(ids),

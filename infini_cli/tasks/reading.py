@@ -55,6 +55,9 @@ class DocumentRead:
     exact_tokenization: bool = True  # False if a cut may have changed ids (see incremental.py)
     warnings: list[str] = field(default_factory=list)
     index: Optional[DocumentIndex] = None  # the sentences' statistics (read_or_load only)
+    # the document's sentences once more, streamed from its cache entry (None where the
+    # document was not cached: a pipe, --no-cache); a second pass costs no model time
+    sentences: Optional[Callable[[], Iterator[Passage]]] = field(default=None, repr=False)
 
     @property
     def tokens_per_second(self) -> float:
@@ -169,6 +172,7 @@ def read_or_load(
                         c(p, hit.index)
                 entry.touch()
                 hit.seconds = time.perf_counter() - started
+                hit.sentences = lambda: _passages(entry)
                 return hit
     return _read_into_cache(loaded, doc, consumers, key, cache_root, quiet, console, warnings, started)
 
@@ -212,11 +216,12 @@ def _read_into_cache(loaded: LoadedModel, doc: Document, consumers: list[Consume
         feed.finish()
         if writer is not None:
             try:
-                writer.commit(read.state, {INDEX: index.to_json()}, {
+                entry = writer.commit(read.state, {INDEX: index.to_json()}, {
                     "document": str(doc.name), "kind": read.kind, "tokens": read.tokens, "pages": read.pages,
                     "chars": read.chars, "bytes": read.bytes, "sentences": index.n_sentences,
                     "exact_tokenization": read.exact_tokenization, "model": str(loaded.header.path),
                     "read_seconds": round(read.seconds, 3)})
+                read.sentences = lambda: _passages(entry)
             except OSError as e:
                 writer.abort()
                 warnings.append(f"cannot write the cache ({e.strerror or e}); the document is read but not saved")

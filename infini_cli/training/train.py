@@ -39,6 +39,7 @@ from ..memory import StreamState
 from ..model import InfiniTransformer
 from ..stream import generate, train_forward
 from .number_distractors import sprinkle_near_misses, sprinkle_number_phrases, sprinkle_numbers
+from .technical_text import mix_into
 from ..tasks.passkey_prompt import Haystack, PasskeyPromptBuilder, first_integer, random_key
 from ..tokenizer import TextTokenizer, train_tokenizer
 
@@ -79,6 +80,7 @@ class TrainConfig:
     haystack_numbers_prob: float = 0.0  # share of book haystacks with numbers sprinkled in (distractors for the key)
     haystack_phrases_prob: float = 0.0  # share with numbers as prose writes them: dates, years, runs, decoy statements
     haystack_near_miss_prob: float = 0.0  # share with statements that borrow the key line's words for another number
+    haystack_technical_prob: float = 0.0  # share with digit-dense technical text (tables, logs) mixed in
     amplify_prob: float = 0.75
     amplify_start: int = 600            # steps of plain prompts before amplification starts
     amplify_ramp: int = 1500            # steps over which the largest weight grows
@@ -179,6 +181,8 @@ class PasskeySampler:
             sentences = sprinkle_number_phrases(sentences, rng, rate=rng.uniform(0.01, 0.1))
         if self.cfg.haystack_near_miss_prob > 0 and rng.random() < self.cfg.haystack_near_miss_prob:
             sentences = sprinkle_near_misses(sentences, rng, rate=rng.uniform(0.005, 0.03))
+        if self.cfg.haystack_technical_prob > 0 and rng.random() < self.cfg.haystack_technical_prob:
+            sentences = mix_into(sentences, rng, share=rng.choice([0.1, 0.3, 0.6, 1.0]))
         return PasskeyPromptBuilder(self.tok, Haystack(self.tok, sentences, path))
 
     def max_weight(self, step: int) -> float:
