@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -210,8 +211,23 @@ def start_ray(ray: Any, address: Optional[str]) -> None:
         ray.init(address=address, **quiet)
     except (ConnectionError, RuntimeError, ValueError) as e:
         first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise InputError(f"--address {address}: cannot join a Ray cluster there ({first}); "
-                         "start one with `ray start --head` and pass its address, e.g. HEAD:6379") from None
+        # a port that answers but refuses the driver: most often `ray start`'s token authentication
+        raise InputError(f"--address {address}: cannot join the Ray cluster there ({first}); if it uses token "
+                         "authentication, set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or "
+                         "~/.ray/auth_token, as on the head node)") from None
+
+
+def check_address(address: str, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT that takes no connection fails at once, in one line (Ray itself retries a dead
+    address for minutes); "auto" and ray://... are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise InputError(f"--address {address}: cannot join a Ray cluster there ({e.strerror or e}); start one "
+                         "with `ray start --head` and pass its address, e.g. HEAD:6379") from None
 
 
 def forwarded_env() -> tuple[tuple[str, str], ...]:
@@ -312,6 +328,8 @@ def run_batch(inputs: list[Input], settings: WorkerSettings, out: Path, workers:
     if workers is not None and workers < 1:
         raise InputError(f"--workers {workers}: give at least 1")
     ray = import_ray()  # before anything is written: without Ray, one line saying how to get it
+    if address is not None:
+        check_address(address)
     todo = still_to_do(inputs, settings.job, read_rows(out))
     report = BatchReport(total=len(inputs), skipped=len(inputs) - len(todo))
     progress = progress or BatchProgress(Console(stderr=True), enabled=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import socket
 import threading
 from pathlib import Path
 
@@ -223,6 +224,17 @@ def test_bad_usage_is_one_line_and_exit_2(tmp_path, args, words):
     doc = touch(tmp_path / "a.txt")
     r = run("batch", doc, "--out", tmp_path / "rows.jsonl", *args)
     assert_one_line_error(r, 2, words)
+
+
+def test_an_address_where_no_cluster_runs_is_one_line_and_exit_2(tmp_path):
+    pytest.importorskip("ray", reason="infini batch needs Ray")
+    with socket.socket() as s:  # a port nobody listens on once it is closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "rows.jsonl"
+    r = run("batch", touch(tmp_path / "a.txt"), "--read", "--out", out, "--address", f"127.0.0.1:{port}")
+    assert_one_line_error(r, 2, f"--address 127.0.0.1:{port}", "ray start --head")
+    assert not out.exists()
 
 
 def test_everything_already_done_starts_nothing(tmp_path, tiny_checkpoint, monkeypatch):
