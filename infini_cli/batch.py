@@ -21,7 +21,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator, Optional
+from typing import IO, Any, Iterable, Iterator, Optional
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -131,11 +131,11 @@ def row_key(row: dict) -> tuple:
     return row.get("path"), row.get("task"), row.get("question"), budget.get("words")
 
 
-def read_rows(out: Path) -> list[dict]:
-    """The rows of an earlier run; a line cut short by a crash is ignored (its document is redone)."""
+def iter_rows(out: Path) -> Iterator[dict]:
+    """The rows of an earlier run, one at a time (the file may hold many thousands); a line cut
+    short by a crash is skipped (its document is done again)."""
     if not out.exists():
-        return []
-    rows = []
+        return
     with out.open(encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
@@ -143,11 +143,10 @@ def read_rows(out: Path) -> list[dict]:
             except ValueError:
                 continue
             if isinstance(row, dict):
-                rows.append(row)
-    return rows
+                yield row
 
 
-def still_to_do(inputs: list[Input], job: Job, rows: list[dict]) -> list[Input]:
+def still_to_do(inputs: list[Input], job: Job, rows: Iterable[dict]) -> list[Input]:
     """Inputs without a successful row for this job; failed rows are retried."""
     done = {row_key(r) for r in rows if "error" not in r}
     return [i for i in inputs if row_key({"path": i.path, **job.describe()}) not in done]
@@ -327,10 +326,12 @@ def run_batch(inputs: list[Input], settings: WorkerSettings, out: Path, workers:
     """Do `settings.job` to every input not already done in `out`; rows are appended as they finish."""
     if workers is not None and workers < 1:
         raise InputError(f"--workers {workers}: give at least 1")
+    if not inputs:
+        raise InputError("the inputs name no document: give files, folders holding PDFs or text files, or @list.txt")
     ray = import_ray()  # before anything is written: without Ray, one line saying how to get it
     if address is not None:
         check_address(address)
-    todo = still_to_do(inputs, settings.job, read_rows(out))
+    todo = still_to_do(inputs, settings.job, iter_rows(out))
     report = BatchReport(total=len(inputs), skipped=len(inputs) - len(todo))
     progress = progress or BatchProgress(Console(stderr=True), enabled=False)
     writer = RowWriter(out)
@@ -367,9 +368,9 @@ def _run_on_ray(ray: Any, docs: list[str], settings: WorkerSettings, workers: Op
                 writer: RowWriter, progress: BatchProgress, report: BatchReport) -> None:
     started = time.perf_counter()
     owned = not ray.is_initialized()  # a program that already runs Ray (the library used from it) keeps it
-    if owned:
-        start_ray(ray, address)
     try:
+        if owned:
+            start_ray(ray, address)
         node_cpus = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
         n_workers = max(1, min(workers or sum(node_cpus), len(docs)))
         cpus, threads = worker_share(node_cpus, n_workers)

@@ -846,11 +846,10 @@ def _model_for_workers(model: Optional[Path], task: str) -> Optional[str]:
     from .checkpoint import read_header
     from .registry import default_model_for, resolve_model
 
-    path = resolve_model(model) if model is not None else default_model_for(task)
-    read_header(path)
+    read_header(resolve_model(model) if model is not None else default_model_for(task))
     if model is None:
         return None
-    return str(path.resolve()) if path.exists() and path == Path(str(model)) else str(model)
+    return str(model.resolve()) if model.exists() else str(model)
 
 
 # ----------------------------------------------------------------------------- models

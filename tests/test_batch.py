@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from infini_cli import cache as doc_cache
-from infini_cli.batch import (Input, RowWriter, expand_inputs, make_job, read_rows, row_key, still_to_do,
+from infini_cli.batch import (Input, RowWriter, expand_inputs, iter_rows, make_job, row_key, still_to_do,
                               worker_share)
 from infini_cli.batch_worker import BatchWorker, Job, WorkerSettings
 from infini_cli.cli import app
@@ -28,6 +28,10 @@ runner = CliRunner()
 
 def run(*args):
     return runner.invoke(app, list(map(str, args)))
+
+
+def rows_of(out: Path) -> list[dict]:
+    return list(iter_rows(out))
 
 
 def touch(path: Path, text: str = "Some text.\n") -> Path:
@@ -101,11 +105,11 @@ def test_rows_are_keyed_by_path_task_and_request(tmp_path):
 def test_the_output_survives_a_line_cut_short(tmp_path):
     out = tmp_path / "rows.jsonl"
     out.write_text(json.dumps({"path": "/a", "task": "read", "tokens": 3}) + "\n" + '{"path": "/b", "ta')
-    assert read_rows(out) == [{"path": "/a", "task": "read", "tokens": 3}]
+    assert rows_of(out) == [{"path": "/a", "task": "read", "tokens": 3}]
     w = RowWriter(out)
     w.write({"path": "/b", "task": "read", "tokens": 5})
     w.close()
-    assert [r["path"] for r in read_rows(out)] == ["/a", "/b"]  # the cut line stays ignored, the new one is whole
+    assert [r["path"] for r in rows_of(out)] == ["/a", "/b"]  # the cut line stays ignored, the new one is whole
 
 
 @pytest.mark.parametrize("nodes,workers,share", [
@@ -226,6 +230,12 @@ def test_bad_usage_is_one_line_and_exit_2(tmp_path, args, words):
     assert_one_line_error(r, 2, words)
 
 
+def test_a_folder_without_documents_is_exit_2(tmp_path):
+    touch(tmp_path / "empty" / "data.json", "{}")
+    r = run("batch", tmp_path / "empty", "--read", "--out", tmp_path / "rows.jsonl")
+    assert_one_line_error(r, 2, "the inputs name no document")
+
+
 def test_an_address_where_no_cluster_runs_is_one_line_and_exit_2(tmp_path):
     pytest.importorskip("ray", reason="infini batch needs Ray")
     with socket.socket() as s:  # a port nobody listens on once it is closed
@@ -246,7 +256,7 @@ def test_everything_already_done_starts_nothing(tmp_path, tiny_checkpoint, monke
     out.write_text(json.dumps({"path": str(doc), "task": "read", "tokens": 4}) + "\n")
     r = run("batch", doc, "--read", "--out", out, "--model", tiny_checkpoint)
     assert r.exit_code == 0, r.output
-    assert "1 already done" in r.output and len(read_rows(out)) == 1
+    assert "1 already done" in r.output and len(rows_of(out)) == 1
 
 
 def test_a_local_ray_run_with_two_workers_then_resumes(tmp_path, tiny_checkpoint, cache_dir):
@@ -264,7 +274,7 @@ def test_a_local_ray_run_with_two_workers_then_resumes(tmp_path, tiny_checkpoint
     r = run(*args)
     assert r.exit_code == 1, r.output
     assert "4 done, 1 failed" in r.output and "2 workers" in r.output
-    rows = {Path(row["path"]).name: row for row in read_rows(out)}
+    rows = {Path(row["path"]).name: row for row in rows_of(out)}
     assert sorted(rows) == ["broken.pdf", "doc0.txt", "doc1.txt", "doc2.txt", "same-as-doc0.md"]
     assert "not a PDF" in rows["broken.pdf"]["error"]
     for name in ("doc0.txt", "doc1.txt", "doc2.txt", "same-as-doc0.md"):
@@ -276,5 +286,5 @@ def test_a_local_ray_run_with_two_workers_then_resumes(tmp_path, tiny_checkpoint
     r = run(*args)
     assert r.exit_code == 0, r.output
     assert "1 done, 0 failed, 4 already done" in r.output
-    again = read_rows(out)
+    again = rows_of(out)
     assert len(again) == 6 and Path(again[-1]["path"]).name == "broken.pdf" and "error" not in again[-1]
