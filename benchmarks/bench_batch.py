@@ -169,8 +169,8 @@ def table(runs: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in runs:
         after = r["docs_per_second_after_first_row"]
-        lines.append(f"{r['run']:<18} {r['workers']:>7} {r['docs']:>5} {r['seconds']:>8.1f} {r['docs_per_second']:>7.2f} "
-                     f"{r['tokens_per_second']:>9,.0f} {r['first_row_seconds']:>11.1f} "
+        lines.append(f"{r['run']:<18} {r['workers']:>7} {r['docs']:>5} {r['seconds']:>8.1f} "
+                     f"{r['docs_per_second']:>7.2f} {r['tokens_per_second']:>9,.0f} {r['first_row_seconds']:>11.1f} "
                      f"{after if after is not None else float('nan'):>12.2f}")
     return "\n".join(lines)
 
@@ -186,7 +186,8 @@ def machine() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--books", type=Path, default=BOOKS, help="Folder of .txt books (default ../shared/data/books/valid).")
+    ap.add_argument("--books", type=Path, default=BOOKS,
+                    help="Folder of .txt books (default ../shared/data/books/valid).")
     ap.add_argument("--chapters", type=int, default=20, help="How many chapters to read (default 20).")
     ap.add_argument("--no-cluster", action="store_true", help="Skip the two-node cluster run.")
     ap.add_argument("--out", type=Path, help="Also write the results as JSON here (nothing is written without it).")

@@ -90,7 +90,8 @@ def _listed(list_file: Path) -> Iterator[Input]:
         lines = list_file.expanduser().read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         why = "no such file" if isinstance(e, FileNotFoundError) else f"cannot read it ({e})"
-        yield Input(str(list_file.expanduser().resolve()), f"@{list_file}: {why}; give a text file of paths, one a line")
+        yield Input(str(list_file.expanduser().resolve()),
+                    f"@{list_file}: {why}; give a text file of paths, one a line")
         return
     base = list_file.expanduser().resolve().parent
     for line in lines:

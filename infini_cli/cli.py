@@ -791,7 +791,8 @@ def batch(
                                                  "(one path a line; # comments)."),
     question: Optional[str] = typer.Option(None, "--ask", help="Ask every document this question."),
     summarize_docs: bool = typer.Option(False, "--summarize", help="Summarize every document."),
-    words: Optional[int] = typer.Option(None, "--words", "-w", help="With --summarize: words per summary (default 200)."),
+    words: Optional[int] = typer.Option(None, "--words", "-w", help="With --summarize: words per summary "
+                                                                    "(default 200)."),
     read_docs: bool = typer.Option(False, "--read", help="Read every document (tokens, speed) and cache its memory."),
     out_file: Path = typer.Option(..., "--out", "-o", help="JSON lines, one a document; a rerun skips the documents "
                                                            "already done there."),
