@@ -18,6 +18,7 @@ workers on a shared filesystem) each rename a whole one: the last rename wins.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
@@ -107,9 +108,26 @@ class CacheEntry:
     def touch(self) -> None:
         self.meta["last_used"] = time.time()
         try:
-            (self.path / META_FILE).write_text(json.dumps(self.meta))
+            # another process (a batch worker) may be reading meta.json: it sees the old or the
+            # new one, never a half-written file that would make the entry look invalid
+            _write_atomic(self.path / META_FILE, json.dumps(self.meta))
         except OSError:
             pass
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{time.time_ns()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _remove_stale(folder: Path, aside: Path) -> None:
+    """An incomplete or old-version entry: renamed aside first (atomic), then deleted."""
+    try:
+        os.rename(folder, aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _entry_name(doc_hash: str, mhash: str) -> str:
@@ -177,17 +195,24 @@ class EntryWriter:
         save_file(tensors, str(self.tmp / STATE_FILE))
         (self.tmp / META_FILE).write_text(json.dumps(meta))
         final = self.root / _entry_name(self.doc_hash, self.mhash)
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.replace(self.tmp, final)
-        except OSError:
-            # another process renamed the same entry into place between our check and our
-            # rename (batch workers): theirs is as good as ours
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            if _read_meta(final) is None:
-                raise
-        return CacheEntry(final, meta)
+        # Several processes (batch workers, on one machine or a shared filesystem) may write the
+        # same entry at once. An entry is only ever renamed into place, never deleted or
+        # rewritten under a reader: a complete one already there (the same document and model,
+        # so the same contents) is kept, and a writer that loses the race drops its own copy.
+        existing = lookup(self.doc_hash, self.mhash, self.root)
+        if existing is None:
+            _remove_stale(final, self.tmp.with_name(self.tmp.name + "-stale"))
+            try:
+                os.rename(self.tmp, final)  # atomic; fails when another writer's entry is there
+                return CacheEntry(final, meta)
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                existing = lookup(self.doc_hash, self.mhash, self.root)
+                if existing is None:
+                    raise
+        self.abort()
+        return existing
 
     def abort(self) -> None:
         try:

@@ -61,6 +61,8 @@ def handles_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             err.print(Text("interrupted", style="yellow"))
             raise typer.Exit(EXIT_INTERRUPTED)
+        except typer.Exit:  # a command's own exit code (click's Exit is a RuntimeError: not a failure)
+            raise
         except BrokenPipeError:
             raise typer.Exit(EXIT_FAILURE)
         except (RuntimeError, OSError, ValueError) as e:
@@ -785,6 +787,77 @@ def summarize(
                             writer=writer)
     _report(result.as_dict(), result.warnings, as_json, bool(result.summary),
             "no summary: the document has no sentences to choose from", "Sentences and where they are")
+
+
+# ----------------------------------------------------------------------------- batch
+
+@app.command()
+@handles_errors
+def batch(
+    inputs: list[str] = typer.Argument(..., help="Files, folders (walked for PDFs and text files) or @list.txt "
+                                                 "(one path a line; # comments)."),
+    question: Optional[str] = typer.Option(None, "--ask", help="Ask every document this question."),
+    summarize_docs: bool = typer.Option(False, "--summarize", help="Summarize every document."),
+    words: Optional[int] = typer.Option(None, "--words", "-w", help="With --summarize: words per summary "
+                                                                    "(default 200)."),
+    read_docs: bool = typer.Option(False, "--read", help="Read every document (tokens, speed) and cache its memory."),
+    out_file: Path = typer.Option(..., "--out", "-o", help="JSON lines, one a document; a rerun skips the documents "
+                                                           "already done there."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Ray workers (default: one a CPU Ray reports, at "
+                                                                  "most one a document)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (HEAD:6379) instead of "
+                                                                  "starting a local Ray for the run."),
+    top_k: int = typer.Option(3, "--top-k", "-k", help="With --ask: evidence sentences per answer."),
+    no_cache: bool = NoCacheOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress and no summary line on stderr."),
+    model: Optional[Path] = ModelOpt,
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per worker (default: the model's "
+                                                                  "default, at most the cores / workers)."),
+) -> None:
+    """Ask, summarize or read many documents at once on Ray workers; one JSON line each in --out.
+
+    Each row is what `ask --json`, `summarize --json` or `read --json` prints, plus the
+    document's "path" and "task"; a document that fails (a missing file, a bad PDF) gets a row
+    with "error" and the run goes on. Rows are written as they finish, so a rerun with the same
+    --out does only what is left (and retries the failures). Each worker loads the model once
+    and shares the document cache. Exit code 0 when every document succeeded, 1 when some failed.
+    Needs Ray: pip install "infini\\[ray]".
+
+    Examples:
+
+      infini batch papers/ --ask "What data set was used?" --out answers.jsonl
+
+      infini batch @reading-list.txt --summarize --words 120 --out summaries.jsonl --workers 4
+
+      infini batch books/ --read --out read.jsonl --address head-node:6379
+    """
+    from .batch import BatchProgress, expand_inputs, make_job, run_batch
+    from .batch_worker import WorkerSettings
+    from .terminal import plain
+
+    job = make_job(question, summarize_docs, read_docs, words, top_k, use_cache=not no_cache)
+    if threads is not None and threads < 1:
+        from .errors import InputError
+
+        raise InputError(f"--threads {threads}: give a positive number of CPU threads")
+    settings = WorkerSettings(job, _model_for_workers(model, job.task), threads or 1, fixed_threads=threads is not None)
+    report = run_batch(expand_inputs(inputs), settings, out_file, workers, address, BatchProgress(err, not quiet))
+    if not quiet:
+        err.print(plain(f"{report.summary()}; rows in {out_file}"), soft_wrap=True)
+    if report.failed:
+        raise typer.Exit(EXIT_FAILURE)
+
+
+def _model_for_workers(model: Optional[Path], task: str) -> Optional[str]:
+    """Checked here, so a bad --model fails once, before Ray starts. A path goes to the workers
+    absolute; a name or the default is resolved by each worker in its own install."""
+    from .checkpoint import read_header
+    from .registry import default_model_for, resolve_model
+
+    read_header(resolve_model(model) if model is not None else default_model_for(task))
+    if model is None:
+        return None
+    return str(model.resolve()) if model.exists() else str(model)
 
 
 # ----------------------------------------------------------------------------- models

@@ -14,7 +14,7 @@ from infini_cli.cli import app
 from .conftest import assert_one_line_error
 
 runner = CliRunner()
-COMMANDS = ["info", "quantize", "average", "convert", "train", "passkey-test", "summarize", "ask", "bench"]
+COMMANDS = ["info", "quantize", "average", "convert", "train", "passkey-test", "summarize", "ask", "bench", "batch"]
 
 
 def run(*args):

@@ -1,0 +1,5 @@
+"""`python -m infini_cli`: the `infini` command."""
+
+from .cli import main
+
+main()
