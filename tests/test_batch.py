@@ -13,12 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from infini_cli import cache as doc_cache
-from infini_cli.tasks.reading import SENTENCES
-from infini_cli.batch import (Input, RowWriter, expand_inputs, iter_rows, make_job, row_key, still_to_do,
-                              worker_share)
+from infini_cli.batch import Input, RowWriter, expand_inputs, iter_rows, make_job, row_key, still_to_do, worker_share
 from infini_cli.batch_worker import BatchWorker, Job, WorkerSettings
 from infini_cli.cli import app
 from infini_cli.errors import InputError
+from infini_cli.tasks.reading import SENTENCES
 from tests.pdf_factory import make_pdf
 
 from .conftest import assert_one_line_error
