@@ -79,8 +79,8 @@ def best(metric, prediction: str, golds: list[str]) -> float:
 def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_questions: int) -> dict:
     from bench_quality import read_text
 
-    from infini_cli.tasks.ask import write_answer
-    from infini_cli.tasks.ask_scoring import AskPool, AskWeights, QuestionScorer
+    from infini_cli.tasks.ask import HOP_PASSAGES, WRITER_PASSAGES, write_answer, writer_evidence
+    from infini_cli.tasks.ask_scoring import AskPool, AskWeights, QuestionScorer, second_hop
     from infini_cli.tasks.writer import NOT_IN_DOCUMENT
 
     articles = json.loads((data_dir / "squad" / "dev-v1.1.json").read_text())["data"]
@@ -92,10 +92,12 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
     said_absent = lambda text: NOT_IN_DOCUMENT.lower().rstrip(".") in text.lower()  # noqa: E731
 
     def evidence_of(rd, ps, q):
+        """What `infini ask` gives the writer: the best evidence and its second hop."""
         pool = AskPool(QuestionScorer(q, AskWeights()))
         for p in ps:
             pool.add(p, rd.index.stats)
-        return pool.ranked(rd.index.stats)[:8]
+        ranked = pool.ranked(rd.index.stats)[:WRITER_PASSAGES]
+        return writer_evidence(ranked, second_hop(q, ranked, ps, rd.index.stats, HOP_PASSAGES) if ranked else [])
 
     docs = {}
 

@@ -479,6 +479,12 @@ def babilong(
         out_dir.mkdir(parents=True, exist_ok=True)
         identity = {**pk.results_identity(Path(loaded.header.path), hay_path if hay else None, seed),
                     "method": method, "data": str(data_dir), "split": split}
+        if writer_model is not None:
+            from .checkpoint import model_hash
+
+            # another writer answers differently: its samples must not be mixed with these
+            wp = Path(writer_model.header.path)
+            identity["writer"] = f"{wp.name} {model_hash(wp)[:16]}"
         pk.claim_results_folder(out_dir, identity)
         jsonl = out_dir / "samples.jsonl"
         # rows of this method and of the samples asked for (a rerun with fewer samples counts fewer)
