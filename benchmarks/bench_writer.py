@@ -264,7 +264,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--threads", default="1,2", help="speed: thread counts; ask/summarize run on the first")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/infini-bench-writer"))
     ap.add_argument("--out", type=Path, default=None, help="write the results JSON here")
+    ap.add_argument("--section-words", type=int, default=None,
+                    help="summarize: words a section (the product's SECTION_WORDS); for tuning on --split dev")
+    ap.add_argument("--material", type=int, default=None,
+                    help="summarize: source words per summary word (the product's MATERIAL); for tuning on dev")
     args = ap.parse_args(argv)
+    from infini_cli.tasks import summarize as summarize_task
+
+    if args.section_words:
+        summarize_task.SECTION_WORDS = args.section_words
+    if args.material:
+        summarize_task.MATERIAL = args.material
 
     from infini_cli.checkpoint import load_checkpoint
     from infini_cli.errors import InputError
@@ -284,7 +294,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(threads[0])
     args.workdir.mkdir(parents=True, exist_ok=True)
     sections = args.sections.split(",")
-    res: dict = {"writer": str(writer_path), "reader": args.reader, "threads": threads[0]}
+    res: dict = {"writer": str(writer_path), "reader": args.reader, "threads": threads[0],
+                 "section_words": summarize_task.SECTION_WORDS, "material": summarize_task.MATERIAL}
     if "ask" in sections or "summarize" in sections:
         reader = load_checkpoint(resolve_model(args.reader))
         writer = load_checkpoint(writer_path)
