@@ -103,7 +103,7 @@ def _listed(list_file: Path) -> Iterator[Input]:
 # ----------------------------------------------------------------------------- the job and resuming
 
 def make_job(question: Optional[str], summarize: bool, read: bool, words: Optional[int], top_k: int,
-             use_cache: bool) -> Job:
+             use_cache: bool, model: Optional[str] = None) -> Job:
     """Exactly one of --ask, --summarize, --read, with the options that belong to it."""
     chosen = [name for name, on in ((ASK, question is not None), (SUMMARIZE, summarize), (READ, read)) if on]
     if len(chosen) != 1:
@@ -117,19 +117,19 @@ def make_job(question: Optional[str], summarize: bool, read: bool, words: Option
 
         if top_k < 1:
             raise InputError(f"--top-k {top_k}: give at least 1")
-        return Job(ASK, question=check_question(question or ""), top_k=top_k, use_cache=use_cache)
+        return Job(ASK, question=check_question(question or ""), top_k=top_k, use_cache=use_cache, model=model)
     if task == SUMMARIZE:
         from .tasks.summarize import check_budget
 
-        return Job(SUMMARIZE, words=check_budget(words, None).words, use_cache=use_cache)
-    return Job(READ, use_cache=use_cache)
+        return Job(SUMMARIZE, words=check_budget(words, None).words, use_cache=use_cache, model=model)
+    return Job(READ, use_cache=use_cache, model=model)
 
 
 def row_key(row: dict) -> tuple:
-    """Rows that answer the same request: the path, the task, and the question or summary length
-    (a different question about a document is new work, not a done row)."""
+    """Rows that answer the same request: the path, the task, the question or summary length,
+    and the model asked for (a different question, or another model, is new work)."""
     budget = row.get("budget") or {}
-    return row.get("path"), row.get("task"), row.get("question"), budget.get("words")
+    return row.get("path"), row.get("task"), row.get("question"), budget.get("words"), row.get("requested_model")
 
 
 def iter_rows(out: Path) -> Iterator[dict]:

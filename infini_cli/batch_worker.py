@@ -26,15 +26,18 @@ class Job:
     words: Optional[int] = None     # summarize
     top_k: int = 3                  # ask
     use_cache: bool = True
+    model: Optional[str] = None     # --model as given (None: the task's default)
 
     def describe(self) -> dict:
         """The fields a row of this job carries (also on error rows), so a rerun can tell
-        which rows answer the same request: the same task, question or summary length."""
+        which rows answer the same request: the same task, question or summary length, and
+        the same --model (another model's answers are new work, not done rows)."""
+        asked = {"requested_model": self.model or "default"}
         if self.task == ASK:
-            return {"task": ASK, "question": self.question}
+            return {"task": ASK, "question": self.question, **asked}
         if self.task == SUMMARIZE:
-            return {"task": SUMMARIZE, "budget": {"words": self.words, "sentences": None}}
-        return {"task": READ}
+            return {"task": SUMMARIZE, "budget": {"words": self.words, "sentences": None}, **asked}
+        return {"task": READ, **asked}
 
 
 @dataclass(frozen=True)

@@ -846,7 +846,9 @@ def batch(
         from .errors import InputError
 
         raise InputError(f"--threads {threads}: give a positive number of CPU threads")
-    settings = WorkerSettings(job, _model_for_workers(model, job.task), threads or 1, fixed_threads=threads is not None)
+    worker_model = _model_for_workers(model, job.task)
+    job = dataclasses.replace(job, model=worker_model)  # rows name the model asked for, spelled one way
+    settings = WorkerSettings(job, worker_model, threads or 1, fixed_threads=threads is not None)
     report = run_batch(expand_inputs(inputs), settings, out_file, workers, address, BatchProgress(err, not quiet))
     if not quiet:
         err.print(plain(f"{report.summary()}; rows in {out_file}"), soft_wrap=True)

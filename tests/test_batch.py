@@ -99,7 +99,10 @@ def test_rows_are_keyed_by_path_task_and_request(tmp_path):
     assert [i.path for i in still_to_do(inputs, summary, rows)] == ["/d/a.txt", "/d/b.txt", "/d/c.txt"]
     longer = make_job(None, True, False, 300, 3, True)
     assert len(still_to_do(inputs, longer, rows)) == 4  # another length is another summary
-    assert row_key(rows[0]) == ("/d/a.txt", "ask", "Who built it?", None)
+    assert row_key(rows[0]) == ("/d/a.txt", "ask", "Who built it?", None, "default")
+    # the same question asked with another --model is new work
+    other_model = make_job("Who  built it?", False, False, None, 3, True, model="infini-small")
+    assert len(still_to_do(inputs, other_model, rows)) == 4
 
 
 def test_the_output_survives_a_line_cut_short(tmp_path):
@@ -136,7 +139,8 @@ def test_the_worker_returns_rows_and_error_rows(tmp_path, tiny_checkpoint):
     assert row["path"] == str(good) and row["task"] == "ask" and row["answer"] == ANSWER
     assert len(row["evidence"]) == 2 and "error" not in row
     failed = worker.run(str(bad))
-    assert failed == {"path": str(bad), "task": "ask", "question": job.question, "error": failed["error"]}
+    assert failed == {"path": str(bad), "task": "ask", "question": job.question, "requested_model": "default",
+                      "error": failed["error"]}
     assert "not a PDF" in failed["error"]
 
 
@@ -254,7 +258,8 @@ def test_everything_already_done_starts_nothing(tmp_path, tiny_checkpoint, monke
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started with nothing to do"))
     doc = touch(tmp_path / "a.txt")
     out = tmp_path / "rows.jsonl"
-    out.write_text(json.dumps({"path": str(doc), "task": "read", "tokens": 4}) + "\n")
+    out.write_text(json.dumps({"path": str(doc), "task": "read", "requested_model": str(Path(tiny_checkpoint).resolve()),
+                               "tokens": 4}) + "\n")
     r = run("batch", doc, "--read", "--out", out, "--model", tiny_checkpoint)
     assert r.exit_code == 0, r.output
     assert "1 already done" in r.output and len(rows_of(out)) == 1
