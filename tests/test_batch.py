@@ -258,8 +258,8 @@ def test_everything_already_done_starts_nothing(tmp_path, tiny_checkpoint, monke
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started with nothing to do"))
     doc = touch(tmp_path / "a.txt")
     out = tmp_path / "rows.jsonl"
-    out.write_text(json.dumps({"path": str(doc), "task": "read", "requested_model": str(Path(tiny_checkpoint).resolve()),
-                               "tokens": 4}) + "\n")
+    asked = str(Path(tiny_checkpoint).resolve())
+    out.write_text(json.dumps({"path": str(doc), "task": "read", "requested_model": asked, "tokens": 4}) + "\n")
     r = run("batch", doc, "--read", "--out", out, "--model", tiny_checkpoint)
     assert r.exit_code == 0, r.output
     assert "1 already done" in r.output and len(rows_of(out)) == 1

@@ -36,9 +36,9 @@ MATERIAL = 3
 MIN_MATERIAL_WORDS = 450
 SECTION_TOKENS = 700
 SECTION_WORDS = 40
-# "at most N words" made the writer stop at about three quarters of its share (154 words of
-# 200 on SQuALITY dev); what it writes beyond the share is cut at a sentence end
-SECTION_ASK = "Summarize these passages in about {words} words."
+# The wording and SECTION_WORDS were compared on SQuALITY dev (20 stories, 200 words; ROUGE-L
+# of the written summary): "at most" and 40 words 16.31, "about" 16.27, 60 words a section 16.15
+SECTION_ASK = "Summarize these passages in at most {words} words."
 MAX_SECTIONS = 8
 SUMMARY_SYSTEM = ("You summarize passages taken in order from one document. Write a faithful summary in plain "
                   "prose, in your own words: who does what, and what happens. No lists, no headings, no "
