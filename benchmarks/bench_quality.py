@@ -8,7 +8,7 @@ Sections (--sections, default all):
   line), read once through the model; for each of its questions, the share whose gold answer
   (any of the given answers, normalised) appears in the top-1 and top-3 evidence sentences.
   Baseline: rank_bm25's BM25Okapi over the same sentences (lower-cased \\w+ words). "ours"
-  is the shipped ranking (evidence.AskPool and QuestionScorer, from the saved sentences as a
+  is the shipped ranking (ask_scoring.AskPool and QuestionScorer, from the saved sentences as a
   second question would see them); "+ model" adds the model's question log-likelihood gain
   over the top candidates (model_scores.question_gain) at the weight given by --model-weight.
 - summarize: SQuALITY test stories, the 'What is the plot of the story?' references; ROUGE-1/2/L

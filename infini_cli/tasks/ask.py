@@ -1,9 +1,10 @@
 """`infini ask`: a grounded answer with its evidence and where it is in the document.
 
 The document streams through the reader once (or comes from the cache); as it does, a fixed
-pool of candidate sentences is kept for the question (see evidence.AskPool). The pool is
+pool of candidate sentences is kept for the question (see ask_scoring.AskPool). The pool is
 ranked with the whole document's statistics, and the answer is written by the writer from
-the best evidence in its chat template ("written"), or without a writer is the best evidence
+the best evidence and its second hop (ask_scoring.second_hop, from the cached sentences) in
+its chat template ("written"), or without a writer is the best evidence
 itself ("extractive"), or, for a checkpoint of ours trained to answer, generated from the
 saved document memory with the evidence and the question in its local window ("generated").
 """
