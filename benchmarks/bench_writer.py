@@ -214,7 +214,7 @@ def make_pdf(data_dir: Path, workdir: Path, pages: int = 100) -> Path:
         line = next(lines, None)
         if line is None:
             break
-        pdf.multi_cell(0, 5, line)
+        pdf.multi_cell(0, 5, line, new_x="LMARGIN", new_y="NEXT")
     pdf.output(str(path))
     return path
 
