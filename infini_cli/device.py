@@ -47,15 +47,31 @@ _TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
 
 def busy_cores() -> int:
-    """Cores other processes keep busy: the 1-minute load average, rounded (0 where unknown).
+    """Cores other processes keep busy (0 where unknown): the 1-minute load average, rounded,
+    and at most the processes running at this moment besides this one (Linux's
+    /proc/loadavg), so the load a command of ours left behind a moment ago does not count.
 
     A writer given every core while another process holds one runs its OpenMP threads in
     lockstep with a thread that keeps being descheduled: the same spin-waiting that made a
     small reader 60x slower under load."""
     try:
-        return max(0, int(os.getloadavg()[0] + 0.5))
+        busy = int(os.getloadavg()[0] + 0.5)
     except (AttributeError, OSError):  # not on this platform
         return 0
+    running = _running_now()
+    if running is not None:
+        busy = min(busy, running - 1)
+    return max(0, busy)
+
+
+def _running_now() -> Optional[int]:
+    """Processes runnable at this moment, this one included ("2/431" in /proc/loadavg); None
+    where unknown."""
+    try:
+        with open("/proc/loadavg") as f:
+            return int(f.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def default_threads(n_parameters: int) -> int:

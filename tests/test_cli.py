@@ -201,10 +201,16 @@ def test_a_writer_leaves_the_cores_other_processes_keep_busy(monkeypatch):
     monkeypatch.setattr(device, "_TORCH_DEFAULT_THREADS", 8)
     monkeypatch.setattr(device.os, "cpu_count", lambda: 8)
     big = device.SMALL_MODEL_PARAMETERS * 10
+    monkeypatch.setattr(device, "_running_now", lambda: 40)  # everything counted as running now
     for load, want in [((0.2, 0, 0), 8), ((1.4, 0, 0), 7), ((2.6, 0, 0), 5), ((30.0, 0, 0), 1)]:
         monkeypatch.setattr(device.os, "getloadavg", lambda load=load: load)
         assert device.default_threads(big) == want
         assert device.default_threads(1_836_176) == 1
+    # load left behind by a command that has ended: nothing else runs now, so every core
+    monkeypatch.setattr(device, "_running_now", lambda: 1)
+    assert device.default_threads(big) == 8
+    monkeypatch.setattr(device, "_running_now", lambda: None)  # unknown: the load average alone
+    assert device.default_threads(big) == 1
 
     def unknown():
         raise OSError("no load average here")
