@@ -18,6 +18,9 @@ Sections:
   the written summary, the extractive one, TextRank and lead (bench_quality's baselines).
 - speed: the writer's ingest (prefill) and decode tokens/s, float32 weights and the int8
   kernel, at each --threads; peak RSS.
+- llamacpp: llama.cpp (llama-cpp-python, optional) on the GGUF given by --gguf, the same
+  prompt and decode lengths and threads as speed; run `--sections speed,llamacpp` for the two
+  side by side in one run.
 - ttft: `infini ask` as a user runs it on a 100-page PDF (a books/valid novel typeset by
   fpdf2): seconds from the command's start to the first answer character on stdout, with the
   document read now (a fresh cache) and from the cache, at each --threads; the command's peak
@@ -45,6 +48,20 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (speed figures differ from machine to machine)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def log(msg: str) -> None:
@@ -296,6 +313,37 @@ def bench_speed(writer_path: Path, threads: list[int], prompt_tokens: int = 512,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def bench_llamacpp(gguf: Path, threads: list[int], prompt_tokens: int = 512, decode_tokens: int = 64) -> dict:
+    """llama.cpp (llama-cpp-python, an optional benchmark dependency) on the same GGUF, the same
+    prompt length and decode length, one token at a time, at each thread count: the
+    side-by-side rows for the speed section (run both in one command)."""
+    from llama_cpp import Llama
+
+    out = []
+    text = "The committee met in the spring and decided to build a bridge. " * 80
+    for n in threads:
+        llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=n, n_threads_batch=n, n_batch=512,
+                    verbose=False)
+        ids = llm.tokenize(text.encode("utf-8"), add_bos=False)[:prompt_tokens]
+        llm.eval(ids[:32])  # warm-up
+        llm.reset()
+        t = time.perf_counter()
+        llm.eval(ids)
+        prefill = time.perf_counter() - t
+        t = time.perf_counter()
+        tok = ids[-1]
+        for _ in range(decode_tokens):
+            llm.eval([tok])  # one token at a time, as decoding; which token does not change the work
+        decode = time.perf_counter() - t
+        row = {"weights": f"llama.cpp ({gguf.name.split('.')[-2]})", "threads": n,
+               "prefill_tokens_per_s": round(len(ids) / prefill, 1),
+               "decode_tokens_per_s": round(decode_tokens / decode, 1)}
+        out.append(row)
+        log(f"llama.cpp: {row}")
+        del llm
+    return {"gguf": str(gguf), "prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens, "rows": out}
+
+
 # ----------------------------------------------------------------------------- main
 
 def print_report(res: dict) -> None:
@@ -318,6 +366,11 @@ def print_report(res: dict) -> None:
         for r in res["speed"]["rows"]:
             print(f"{r['weights']:12} {r['threads']} thr  prefill {r['prefill_tokens_per_s']:8.1f} tok/s  "
                   f"decode {r['decode_tokens_per_s']:6.1f} tok/s")
+    if "llamacpp" in res:
+        print(f"\nllama.cpp on {res['llamacpp']['gguf']}")
+        for r in res["llamacpp"]["rows"]:
+            print(f"{r['weights']:22} {r['threads']} thr  prefill {r['prefill_tokens_per_s']:8.1f} tok/s  "
+                  f"decode {r['decode_tokens_per_s']:6.1f} tok/s")
     if "ttft" in res:
         print(f"\ninfini ask on a 100-page PDF: {res['ttft']['question']}")
         for r in res["ttft"]["rows"]:
@@ -339,6 +392,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--threads", default="1,2", help="speed: thread counts; ask/summarize run on the first")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/infini-bench-writer"))
     ap.add_argument("--out", type=Path, default=None, help="write the results JSON here")
+    ap.add_argument("--gguf", type=Path, default=None, help="llamacpp: the GGUF the writer was converted from")
     ap.add_argument("--section-words", type=int, default=None,
                     help="summarize: words a section (the product's SECTION_WORDS); for tuning on --split dev")
     ap.add_argument("--material", type=int, default=None,
@@ -369,7 +423,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(threads[0])
     args.workdir.mkdir(parents=True, exist_ok=True)
     sections = args.sections.split(",")
-    res: dict = {"writer": str(writer_path), "reader": args.reader, "threads": threads[0],
+    res: dict = {"writer": str(writer_path), "reader": args.reader, "threads": threads[0], "cpu": cpu_name(),
                  "section_words": summarize_task.SECTION_WORDS, "material": summarize_task.MATERIAL}
     if "ask" in sections or "summarize" in sections:
         reader = load_checkpoint(resolve_model(args.reader))
@@ -381,6 +435,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                args.split)
     if "speed" in sections:
         res["speed"] = bench_speed(writer_path, threads)
+    if "llamacpp" in sections:
+        if args.gguf is None:
+            log("llamacpp: skipped (give --gguf, the writer's GGUF file)")
+        else:
+            try:
+                res["llamacpp"] = bench_llamacpp(args.gguf, threads)
+            except ImportError:
+                log("llamacpp: skipped (pip install llama-cpp-python)")
     if "ttft" in sections:
         res["ttft"] = bench_ttft(args.data, args.workdir, threads, str(writer_path))
     print_report(res)
