@@ -24,20 +24,26 @@ def load_model(model: Optional[Union[Path, str]], device: str = "auto", threads:
     dev = resolve_device(device)
     path = resolve_model(Path(model)) if model is not None else default_model_for(task)
     loaded = load_checkpoint(path, dev, int8_linears=decodes_in_int8(path, dev))
-    if threads is None and dev.type == "cpu":
+    _default_threads_for(loaded, threads)
+    return loaded
+
+
+def _default_threads_for(loaded: LoadedModel, threads: Optional[int]) -> None:
+    """Without --threads, the model's own count (device.default_threads) on the CPU."""
+    if threads is None and loaded.device.type == "cpu":
         import torch
 
         from .device import default_threads
 
         torch.set_num_threads(default_threads(parameter_count(loaded)))
-    return loaded
 
 
 def decodes_in_int8(path: Path, dev) -> bool:
     """A writer stored in int8 decodes with torch's weight-only int8 kernel on the CPU: 39.9
-    against 15.3 tokens/s with float32 weights (two threads; prefill 508 against 594), so an
-    answer of ~700 prompt and ~40 written tokens takes ~2.4 s instead of ~3.8 (README,
-    "the writer's speed"). Readers only ingest, where float32 is faster."""
+    against 15.3 tokens/s with float32 weights on the machine of the README's first speed
+    table (two threads); on the Intel Xeon of its llama.cpp table the kernel gained less
+    (README, "the writer's speed": the choice is machine-dependent). Readers only ingest,
+    where float32 is faster."""
     from .checkpoint import read_header
     from .quantize import int8_kernel_available
 
@@ -69,11 +75,6 @@ def load_for_task(model: Optional[Union[Path, str]], device: str, threads: Optio
         from .registry import PACKAGE_MODELS
 
         reader = load_model(PACKAGE_MODELS / "infini-mini.safetensors", device, threads, "read")
-    if threads is None and loaded.device.type == "cpu":
-        import torch
-
-        from .device import default_threads
-
-        # the writer's count (every free core): it is the larger model and writes last
-        torch.set_num_threads(default_threads(parameter_count(loaded)))
+    # the writer's count again (every free core; the reader's load set one): it writes last
+    _default_threads_for(loaded, threads)
     return reader, loaded

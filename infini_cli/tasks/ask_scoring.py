@@ -14,13 +14,12 @@ final ranking runs over the pool with the statistics of the whole document.
 
 from __future__ import annotations
 
-import heapq
 import re
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
 from .lexical import DocumentStats, terms, words
-from .passages import Passage
+from .passages import Passage, keep_best
 
 
 _YEAR = re.compile(r"1\d{3}|20\d{2}")
@@ -128,11 +127,7 @@ class AskPool:
     def add(self, p: Passage, stats: DocumentStats) -> None:
         s = self.scorer.score(p, stats)
         if s > 0:
-            item = (s, p.index, p)
-            if len(self._heap) < self.size:
-                heapq.heappush(self._heap, item)
-            elif item > self._heap[0]:
-                heapq.heapreplace(self._heap, item)
+            keep_best(self._heap, (s, p.index, p), self.size)
         if p.index % self._stride == 0:
             self._sample.append(p)
             if len(self._sample) > self.sample_size:
@@ -200,19 +195,13 @@ class HopPool:
             return
         s = stats.bm25(self.bridge, p.terms)
         if s > 0:
-            item = (s, p.index, p)
-            if len(self._heap) < self.size:
-                heapq.heappush(self._heap, item)
-            elif item > self._heap[0]:
-                heapq.heapreplace(self._heap, item)
+            keep_best(self._heap, (s, p.index, p), self.size)
 
-    def ranked(self, stats: DocumentStats, exclude: set[int]) -> list[Passage]:
-        out = []
-        for _, _, p in self._heap:
-            if p.index in exclude:
-                continue
-            q = Passage(p.text, p.index, p.char_offset, p.page, p.line, p.terms, stats.bm25(self.bridge, p.terms))
-            out.append(q)
+    def ranked(self, exclude: set[int]) -> list[Passage]:
+        """Best first, the latest among equals; the scores are final (a second pass has the
+        whole document's statistics from its first sentence on)."""
+        out = [Passage(p.text, p.index, p.char_offset, p.page, p.line, p.terms, s)
+               for s, _, p in self._heap if p.index not in exclude]
         out.sort(key=lambda q: (-q.score, -q.index))
         return out
 
@@ -227,4 +216,4 @@ def second_hop(question: str, first_hop: Sequence[Passage], passages: Iterable[P
     pool = HopPool(bridge)
     for p in passages:
         pool.add(p, stats)
-    return pool.ranked(stats, {p.index for p in first_hop})[:k]
+    return pool.ranked({p.index for p in first_hop})[:k]

@@ -7,6 +7,7 @@ passages (ask_scoring.py, summary_scoring.py); the cache stores them as records.
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -135,6 +136,14 @@ class SentenceFeed:
     def finish(self) -> None:
         for s in self._split.finish():
             self._on(Passage.from_sentence(s))
+
+
+def keep_best(heap: list, item: tuple, size: int) -> None:
+    """Push item onto a min-heap that keeps only the `size` largest items (the bounded pools)."""
+    if len(heap) < size:
+        heapq.heappush(heap, item)
+    elif item > heap[0]:
+        heapq.heapreplace(heap, item)
 
 
 def passages_of_text(text: str, page: Optional[int] = None) -> list[Passage]:

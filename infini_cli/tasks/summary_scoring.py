@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from .lexical import STOPWORDS, DocumentStats, words
-from .passages import DocumentIndex, Passage
+from .passages import DocumentIndex, Passage, keep_best
 
 
 _DIGIT = re.compile(r"\d")
@@ -105,7 +105,7 @@ class SummaryPool:
         cen = centrality(p, stats)
         self._cen_max = max(self._cen_max, cen)
         s = summary_score(p, cen, self._cen_max, max(stats.n_sentences, p.index + 1), index.names.main())
-        self._keep(self._regions[r], (s, -p.index, p))
+        keep_best(self._regions[r], (s, -p.index, p), self.per_region)
         if len(self._regions) > self.max_regions:
             merged = []
             for i in range(0, len(self._regions), 2):
@@ -113,12 +113,6 @@ class SummaryPool:
                 merged.append(heapq.nlargest(self.per_region, both))
             self._regions = merged
             self.region *= 2
-
-    def _keep(self, heap: list, item: tuple) -> None:
-        if len(heap) < self.per_region:
-            heapq.heappush(heap, item)
-        elif item > heap[0]:
-            heapq.heapreplace(heap, item)
 
     def candidates(self) -> list[Passage]:
         return [p for reg in self._regions for _, _, p in reg] or list(self._fallback)
