@@ -16,8 +16,9 @@ Sections:
 - summarize: SQuALITY stories (--split, default test), 'What is the plot of the story?'
   references, ROUGE-1/2/L F1 (rouge_score, stemmed, best of the references) at --words words:
   the written summary, the extractive one, TextRank and lead (bench_quality's baselines).
-- speed: the writer's ingest (prefill) and decode tokens/s, float32 weights and the int8
-  kernel, at each --threads; peak RSS.
+- speed: the writer's ingest (prefill) and decode tokens/s with float32 weights, the int8
+  kernel, and the product's default (int4 kernel where re-quantizing loses nothing, int8
+  elsewhere), decoding through the product's decoder, at each --threads; median of 3; peak RSS.
 - llamacpp: llama.cpp (llama-cpp-python, optional) on the GGUF given by --gguf, the same
   prompt and decode lengths and threads as speed; run `--sections speed,llamacpp` for the two
   side by side in one run.
@@ -36,6 +37,7 @@ import argparse
 import json
 import re
 import resource
+import statistics
 import string
 import sys
 import time
@@ -279,41 +281,51 @@ def bench_ttft(data_dir: Path, workdir: Path, threads: list[int], writer: str) -
 
 # ----------------------------------------------------------------------------- speed
 
-def bench_speed(writer_path: Path, threads: list[int], prompt_tokens: int = 512, decode_tokens: int = 64) -> dict:
+def bench_speed(writer_path: Path, threads: list[int], prompt_tokens: int = 512, decode_tokens: int = 64,
+                reps: int = 3) -> dict:
+    """Prefill and decode tokens/s of the writer with each kernel choice: float32 weights, every
+    layer in int8, and the product's default (int4 where re-quantizing loses nothing, int8
+    elsewhere); decoding through the product's decoder (decode.Decoder, as stream.generate
+    does); the median of `reps` runs."""
     import torch
 
     from infini_cli.checkpoint import load_checkpoint
+    from infini_cli.decode import Decoder
     from infini_cli.memory import StreamState
     from infini_cli.stream import feed
 
+    names = {"float": "float32", "int8": "int8 kernel", "int4": "int4+int8 kernels (default)"}
     out = []
-    for int8 in (False, True):
-        loaded = load_checkpoint(writer_path, int8_linears=int8)
+    for kernels in ("float", "int8", "int4"):
+        loaded = load_checkpoint(writer_path, kernels=kernels)
         ids = loaded.tokenizer.encode(("The committee met in the spring and decided to build a bridge. " * 80))
         ids = ids[:prompt_tokens]
         for n in threads:
             torch.set_num_threads(n)
-            state = StreamState.empty(loaded.config)
-            feed(loaded.model, state, ids[:32], logits="last")  # warm-up
-            t = time.perf_counter()
-            logits, state = feed(loaded.model, StreamState.empty(loaded.config), ids, logits="last")
-            prefill = time.perf_counter() - t
-            tok = int(logits[0, -1].argmax())
-            t = time.perf_counter()
-            for _ in range(decode_tokens):
-                logits, state = feed(loaded.model, state, [tok], logits="last")
-                tok = int(logits[0, -1].argmax())
-            decode = time.perf_counter() - t
-            row = {"weights": "int8 kernel" if int8 else "float32", "threads": n,
-                   "prefill_tokens_per_s": round(len(ids) / prefill, 1),
-                   "decode_tokens_per_s": round(decode_tokens / decode, 1)}
+            feed(loaded.model, StreamState.empty(loaded.config), ids[:32], logits="last")  # warm-up
+            prefills, decodes = [], []
+            for _ in range(reps):
+                t = time.perf_counter()
+                logits, state = feed(loaded.model, StreamState.empty(loaded.config), ids, logits="last")
+                prefills.append(time.perf_counter() - t)
+                tok = logits[0, -1].argmax().view(1)
+                t = time.perf_counter()
+                decoder = Decoder(loaded.model, state, reserve=decode_tokens)
+                for _ in range(decode_tokens):
+                    tok = decoder.step(tok).argmax(-1)
+                decodes.append(time.perf_counter() - t)
+            row = {"weights": names[kernels], "threads": n,
+                   "prefill_tokens_per_s": round(len(ids) / statistics.median(prefills), 1),
+                   "decode_tokens_per_s": round(decode_tokens / statistics.median(decodes), 1),
+                   "decode_runs_tokens_per_s": [round(decode_tokens / d, 1) for d in decodes]}
             out.append(row)
             log(f"speed: {row}")
-    return {"prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens, "rows": out,
+    return {"prompt_tokens": prompt_tokens, "decode_tokens": decode_tokens, "reps": reps, "rows": out,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
-def bench_llamacpp(gguf: Path, threads: list[int], prompt_tokens: int = 512, decode_tokens: int = 64) -> dict:
+def bench_llamacpp(gguf: Path, threads: list[int], prompt_tokens: int = 512, decode_tokens: int = 64,
+                   reps: int = 3) -> dict:
     """llama.cpp (llama-cpp-python, an optional benchmark dependency) on the same GGUF, the same
     prompt length and decode length, one token at a time, at each thread count: the
     side-by-side rows for the speed section (run both in one command)."""
@@ -326,18 +338,21 @@ def bench_llamacpp(gguf: Path, threads: list[int], prompt_tokens: int = 512, dec
                     verbose=False)
         ids = llm.tokenize(text.encode("utf-8"), add_bos=False)[:prompt_tokens]
         llm.eval(ids[:32])  # warm-up
-        llm.reset()
-        t = time.perf_counter()
-        llm.eval(ids)
-        prefill = time.perf_counter() - t
-        t = time.perf_counter()
-        tok = ids[-1]
-        for _ in range(decode_tokens):
-            llm.eval([tok])  # one token at a time, as decoding; which token does not change the work
-        decode = time.perf_counter() - t
+        prefills, decodes = [], []
+        for _ in range(reps):
+            llm.reset()
+            t = time.perf_counter()
+            llm.eval(ids)
+            prefills.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            tok = ids[-1]
+            for _ in range(decode_tokens):
+                llm.eval([tok])  # one token at a time, as decoding; which token does not change the work
+            decodes.append(time.perf_counter() - t)
         row = {"weights": f"llama.cpp ({gguf.name.split('.')[-2]})", "threads": n,
-               "prefill_tokens_per_s": round(len(ids) / prefill, 1),
-               "decode_tokens_per_s": round(decode_tokens / decode, 1)}
+               "prefill_tokens_per_s": round(len(ids) / statistics.median(prefills), 1),
+               "decode_tokens_per_s": round(decode_tokens / statistics.median(decodes), 1),
+               "decode_runs_tokens_per_s": [round(decode_tokens / d, 1) for d in decodes]}
         out.append(row)
         log(f"llama.cpp: {row}")
         del llm
@@ -364,13 +379,15 @@ def print_report(res: dict) -> None:
     if "speed" in res:
         print(f"\nwriter speed (prompt {res['speed']['prompt_tokens']} tokens, then {res['speed']['decode_tokens']} decoded)")
         for r in res["speed"]["rows"]:
-            print(f"{r['weights']:12} {r['threads']} thr  prefill {r['prefill_tokens_per_s']:8.1f} tok/s  "
+            print(f"{r['weights']:28} {r['threads']} thr  prefill {r['prefill_tokens_per_s']:8.1f} tok/s  "
                   f"decode {r['decode_tokens_per_s']:6.1f} tok/s")
     if "llamacpp" in res:
         print(f"\nllama.cpp on {res['llamacpp']['gguf']}")
         for r in res["llamacpp"]["rows"]:
             print(f"{r['weights']:22} {r['threads']} thr  prefill {r['prefill_tokens_per_s']:8.1f} tok/s  "
                   f"decode {r['decode_tokens_per_s']:6.1f} tok/s")
+        for n, ratio in res.get("decode_vs_llamacpp", {}).items():
+            print(f"our default decode / llama.cpp's at {n} thr: {ratio:.2f}x")
     if "ttft" in res:
         print(f"\ninfini ask on a 100-page PDF: {res['ttft']['question']}")
         for r in res["ttft"]["rows"]:
@@ -407,6 +424,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from infini_cli.checkpoint import load_checkpoint
     from infini_cli.errors import InputError
+    from infini_cli.loading import decode_kernels_for
     from infini_cli.registry import resolve_model
 
     try:
@@ -427,7 +445,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                  "section_words": summarize_task.SECTION_WORDS, "material": summarize_task.MATERIAL}
     if "ask" in sections or "summarize" in sections:
         reader = load_checkpoint(resolve_model(args.reader))
-        writer = load_checkpoint(writer_path)
+        writer = load_checkpoint(writer_path, kernels=decode_kernels_for(writer_path, torch.device("cpu")))
         if "ask" in sections:
             res["ask"] = bench_ask(reader, writer, args.data, args.workdir, args.articles, args.questions)
         if "summarize" in sections:
@@ -443,6 +461,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 res["llamacpp"] = bench_llamacpp(args.gguf, threads)
             except ImportError:
                 log("llamacpp: skipped (pip install llama-cpp-python)")
+    if "speed" in res and "llamacpp" in res:
+        ours = {r["threads"]: r["decode_tokens_per_s"] for r in res["speed"]["rows"] if r["weights"].endswith("(default)")}
+        theirs = {r["threads"]: r["decode_tokens_per_s"] for r in res["llamacpp"]["rows"]}
+        res["decode_vs_llamacpp"] = {str(n): round(ours[n] / theirs[n], 3) for n in ours if n in theirs}
     if "ttft" in sections:
         res["ttft"] = bench_ttft(args.data, args.workdir, threads, str(writer_path))
     print_report(res)

@@ -256,13 +256,16 @@ def read_tensors(path: Union[str, Path]) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint(path: Union[str, Path], device: Union[str, torch.device] = "cpu",
-                    dtype: Optional[torch.dtype] = None, int8_linears: bool = False) -> LoadedModel:
+                    dtype: Optional[torch.dtype] = None, kernels: str = "float") -> LoadedModel:
     """Load a checkpoint for inference: model built on the meta device, then weights assigned.
 
     dtype defaults to float32 on the CPU and bfloat16 on CUDA; the memory stays float32.
-    int8_linears swaps the linear layers for torch's weight-only int8 kernel (faster
-    single-token decoding on CPUs where it has a fast path; see quantize.Int8Linear).
+    kernels: "float" keeps the linear layers' weights as loaded; "int8" swaps them for
+    torch's weight-only int8 kernel, "int4" for its int4 kernel where that loses nothing and
+    int8 elsewhere (quantize.use_decode_kernels): faster single-token decoding on the CPU.
     """
+    if kernels not in ("float", "int8", "int4"):
+        raise ValueError(f"kernels must be float, int8 or int4, not {kernels!r}")
     header = read_header(path)
     dev = torch.device(device)
     if dtype is None:
@@ -285,10 +288,14 @@ def load_checkpoint(path: Union[str, Path], device: Union[str, torch.device] = "
     if header.config.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     model.eval()
-    if int8_linears:
+    if kernels == "int8":
         from .quantize import use_int8_linears
 
         use_int8_linears(model)
+    elif kernels == "int4":
+        from .quantize import use_decode_kernels
+
+        use_decode_kernels(model)
     try:
         chat = header.chat
         tok = TextTokenizer.from_json(header.tokenizer_json, eos_token=chat.get("eos_token"),

@@ -23,7 +23,7 @@ def load_model(model: Optional[Union[Path, str]], device: str = "auto", threads:
     set_threads(threads)
     dev = resolve_device(device)
     path = resolve_model(Path(model)) if model is not None else default_model_for(task)
-    loaded = load_checkpoint(path, dev, int8_linears=decodes_in_int8(path, dev))
+    loaded = load_checkpoint(path, dev, kernels=decode_kernels_for(path, dev))
     _default_threads_for(loaded, threads)
     return loaded
 
@@ -38,18 +38,19 @@ def _default_threads_for(loaded: LoadedModel, threads: Optional[int]) -> None:
         torch.set_num_threads(default_threads(parameter_count(loaded)))
 
 
-def decodes_in_int8(path: Path, dev) -> bool:
-    """A writer stored in int8 decodes with torch's weight-only int8 kernel on the CPU: 39.9
-    against 15.3 tokens/s with float32 weights on the machine of the README's first speed
-    table (two threads); on the Intel Xeon of its llama.cpp table the kernel gained less
-    (README, "the writer's speed": the choice is machine-dependent). Readers only ingest,
-    where float32 is faster."""
+def decode_kernels_for(path: Path, dev) -> str:
+    """A writer stored in int8 decodes with torch's weight-only kernels on the CPU: int4 where
+    re-quantizing loses nothing (its weights came from a 4-bit GGUF), int8 elsewhere. On the
+    Intel Xeon of the README's speed table (two threads) that decoded N tokens/s against
+    N with float32 weights. Readers only ingest, where float32 is faster."""
     from .checkpoint import read_header
     from .quantize import int8_kernel_available
 
     header = read_header(path)
-    return (dev.type == "cpu" and header.quant.bits == 8 and bool(header.chat.get("template"))
-            and int8_kernel_available(dev))
+    if (dev.type == "cpu" and header.quant.bits == 8 and bool(header.chat.get("template"))
+            and int8_kernel_available(dev)):
+        return "int4"
+    return "float"
 
 
 def parameter_count(loaded: LoadedModel) -> int:

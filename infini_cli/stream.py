@@ -12,6 +12,7 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 
+from .decode import Decoder
 from .memory import StreamState, Weight, commit_segment
 from .model import InfiniTransformer
 
@@ -160,13 +161,13 @@ def greedy_batch(
 ) -> torch.Tensor:
     """Greedy decoding for B streams in lockstep: feed last_tokens [B], return [B, n] ids."""
     device = next(model.parameters()).device
-    tok = last_tokens.view(-1, 1).to(device)
+    tok = last_tokens.view(-1).to(device)
+    decoder = Decoder(model, state, use_memory, reserve=max_new_tokens)
     out = []
     for _ in range(max_new_tokens):
-        logits, state = feed(model, state, tok, logits="last", use_memory=use_memory)
-        tok = logits[:, -1].argmax(-1, keepdim=True)
+        tok = decoder.step(tok).argmax(-1)
         out.append(tok)
-    return torch.cat(out, dim=1).cpu()
+    return torch.stack(out, dim=1).cpu()
 
 
 @dataclass
@@ -223,12 +224,16 @@ def generate(
         state = start_segment_for(model, state, q, answer_reserve)
         prompt = prompt[len(prompt) - q:]
     logits, state = feed(model, state, prompt, logits="last", use_memory=use_memory)
+    last = logits[0, -1]
+    decoder = Decoder(model, state, use_memory, reserve=max_new_tokens)
+    del state, logits  # the decoder holds the stream now
+    device = last.device
     out: list[int] = []
     for _ in range(max_new_tokens):
-        step = logits[0, -1] if logit_bias is None else logits[0, -1].float() + logit_bias.to(logits.device)
+        step = last if logit_bias is None else last.float() + logit_bias.to(device)
         tok = sample_next(step, sampling, gen)
         out.append(tok)
         yield tok
         if stop is not None and stop(out):
             return
-        logits, state = feed(model, state, [tok], logits="last", use_memory=use_memory)
+        last = decoder.step(torch.tensor([tok], device=device))[0]

@@ -120,13 +120,28 @@ def test_int8_linears_at_load(tiny_checkpoint, tiny_model):
 
     if not int8_kernel_available():
         pytest.skip("no weight-only int8 kernel in this torch")
-    loaded = load_checkpoint(tiny_checkpoint, int8_linears=True)
+    loaded = load_checkpoint(tiny_checkpoint, kernels="int8")
     assert isinstance(loaded.model.layers[0].attn.wqkv, Int8Linear)
     tokens = list(range(40))
     with torch.inference_mode():
         out = logits_of(loaded.model, tokens)
         ref = logits_of(tiny_model, tokens)
     assert ((out - ref).norm() / ref.norm()).item() < 0.03
+
+
+def test_decode_kernels_at_load_and_an_unknown_choice(tiny_checkpoint, tiny_model):
+    from infini_cli.quantize import int8_kernel_available
+
+    if not int8_kernel_available():
+        pytest.skip("no weight-only int8 kernel in this torch")
+    loaded = load_checkpoint(tiny_checkpoint, kernels="int4")  # int4 where lossless, int8 elsewhere
+    tokens = list(range(40))
+    with torch.inference_mode():
+        out = logits_of(loaded.model, tokens)
+        ref = logits_of(tiny_model, tokens)
+    assert ((out - ref).norm() / ref.norm()).item() < 0.03
+    with pytest.raises(ValueError, match="kernels"):
+        load_checkpoint(tiny_checkpoint, kernels="int3")
 
 
 @pytest.mark.skipif(os.name != "posix", reason="permission bits are POSIX")

@@ -64,3 +64,48 @@ def test_int4_falls_back_to_int8_when_groups_do_not_divide():
     sd = {"layers.0.ffn.w2.weight": gaussian(32, 48)}
     stored = quantize_state_dict(sd, QuantScheme(4, 32))
     assert stored["layers.0.ffn.w2.weight"].dtype == torch.int8
+
+
+# ---------------------------------------------------------------- the int4 decode kernel
+
+needs_int4 = pytest.mark.skipif(not __import__("infini_cli.quantize", fromlist=["x"]).int4_kernel_available(),
+                                reason="no weight-only int4 kernel in this torch")
+
+
+def on_4bit_grid(out_f=64, in_f=128, group=32, seed=0):
+    """Weights as a 4-bit file holds them (GGUF Q4_1): 16 levels a group, a float minimum."""
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (out_f, in_f // group, group), generator=gen).float()
+    codes[..., 0], codes[..., 1] = 0, 15  # every group spans its range, as Q4_1 makes it
+    scale = torch.rand(out_f, in_f // group, 1, generator=gen) * 0.01 + 0.001
+    lo = torch.randn(out_f, in_f // group, 1, generator=gen) * 0.02
+    return (codes * scale + lo).reshape(out_f, in_f)
+
+
+@needs_int4
+def test_int4_linear_is_exact_on_a_4bit_grid_up_to_bfloat16():
+    from infini_cli.quantize import Int4Linear
+
+    w = on_4bit_grid()
+    layer, error = Int4Linear.quantized(w, 32)
+    assert error < 1e-6  # the grid is recovered: codes, scales and minima
+    x = torch.randn(3, w.shape[1], generator=torch.Generator().manual_seed(1))
+    ref = x.bfloat16().float() @ w.T  # the kernel takes bfloat16 activations
+    assert rel(ref, layer(x)) < 0.01
+    assert layer(x).dtype == torch.float32 and layer(x[None]).shape == (1, 3, w.shape[0])
+
+
+@needs_int4
+def test_decode_kernels_take_int4_only_where_it_loses_nothing():
+    from infini_cli.quantize import INT4_MAX_ERROR, Int4Linear, Int8Linear, use_decode_kernels
+
+    model = torch.nn.Sequential(torch.nn.Linear(128, 64, bias=False), torch.nn.Linear(128, 64, bias=False),
+                                torch.nn.Linear(128, 40, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(on_4bit_grid())          # from a 4-bit file: int4
+        model[1].weight.copy_(gaussian(64, 128))        # trained in float: int8 (~8% in int4)
+        model[2].weight.copy_(on_4bit_grid(40, 128)[:40])  # 40 outputs: not a multiple of 16
+    assert Int4Linear.quantized(gaussian(64, 128), 32)[1] > INT4_MAX_ERROR
+    assert use_decode_kernels(model) == {"int4": 1, "int8": 2}
+    assert isinstance(model[0], Int4Linear)
+    assert isinstance(model[1], Int8Linear) and isinstance(model[2], Int8Linear)

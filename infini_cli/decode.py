@@ -1,0 +1,125 @@
+"""One new token at a time: the model's forward for decoding, with fewer kernels per token.
+
+The general forward (model.py) serves any number of new tokens. For one token it still
+concatenates the segment's keys and values on every call and rotates every key of the
+segment again (the memory is written from keys before RoPE, so the state keeps those): work
+that grows with the segment and a dozen kernels per layer per token, which at the 135M
+writer's size cost more than its matrix products. A Decoder keeps what decoding needs in
+buffers allocated once (gpt-fast's static cache): the rotated keys and the values of the
+current segment, plus the keys before RoPE for the state; a step rotates the new token's
+query and key in one kernel, writes its key and value in place and attends over the filled
+part. A layer whose memory is still empty skips the read: it is exactly zero there.
+
+Same numbers as the general forward (tests compare logits and states); a full segment is
+written into memory exactly as stream.feed does. The caller's state is never modified;
+to_state() hands the stream back.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .memory import StreamState, commit_segment, memory_read
+from .model import _SDPA_GQA, InfiniTransformer, RMSNorm, _rope_table, _swap_halves
+
+
+class Decoder:
+    """Decoding state for B streams in lockstep; step() takes one token per stream."""
+
+    def __init__(self, model: InfiniTransformer, state: StreamState, use_memory: bool = True,
+                 reserve: int = 64) -> None:
+        """reserve: tokens expected to be decoded (the buffers grow if more are)."""
+        cfg = model.config
+        self.model, self.config, self.use_memory = model, cfg, use_memory
+        self.dtype = model.embed.weight.dtype
+        self.device = model.embed.weight.device
+        self.batch = state.batch_size
+        cos, sin = _rope_table(cfg.segment_len, cfg.head_dim, cfg.rope_theta, self.device)
+        self.cos, self.sin = cos.to(self.dtype), sin.to(self.dtype)
+        self.length = state.local_len
+        self._allocate(min(cfg.segment_len, self.length + max(reserve, 1)))
+        n, G = self.length, cfg.n_kv_heads
+        for i in range(cfg.n_layers):
+            k = state.k_local[i].to(self.dtype)
+            self.kv[i][:, :G, :n] = k
+            self.kv[i][:, G:, :n] = state.v_local[i]
+            self.k_rot[i][:, :, :n] = torch.addcmul(k * self.cos[:n], _swap_halves(k), self.sin[:n])
+        self._set_memory(state)
+        # sigmoid(gate) per layer and query head, computed once instead of every token
+        self.gates = [torch.sigmoid(b.attn.gate.float()).to(self.dtype).view(1, -1, 1, 1) for b in model.layers]
+        self._zero = torch.zeros(self.batch, cfg.n_heads, 1, cfg.head_dim, dtype=self.dtype, device=self.device)
+        self._fused_norm = self.dtype == torch.float32  # F.rms_norm equals RMSNorm in float32
+
+    def _allocate(self, capacity: int) -> None:
+        """Buffers for `capacity` positions of the segment, keeping what is filled: per layer
+        kv [B, 2G, capacity, D] (keys before RoPE, then values: the order wqkv gives them, so
+        one copy stores both) and k_rot [B, G, capacity, D]."""
+        cfg = self.config
+        B, G, D, n = self.batch, cfg.n_kv_heads, cfg.head_dim, self.length
+        zeros = lambda heads: torch.zeros(B, heads, capacity, D, dtype=self.dtype, device=self.device)  # noqa: E731
+        kv, k_rot = [zeros(2 * G) for _ in self.model.layers], [zeros(G) for _ in self.model.layers]
+        if hasattr(self, "kv"):
+            for new, old in zip(kv + k_rot, self.kv + self.k_rot):
+                new[:, :, :n] = old[:, :, :n]
+        self.kv, self.k_rot, self.capacity = kv, k_rot, capacity
+
+    def _set_memory(self, state: StreamState) -> None:
+        self.M, self.z = state.M, state.z
+        self.tokens_seen, self.segments_written = state.tokens_seen, state.segments_written
+        self.memory_empty = [not (m.any() or z.any()) for m, z in zip(self.M, self.z)]
+
+    def to_state(self) -> StreamState:
+        """The stream as a StreamState (copies: stepping on does not change it)."""
+        n, G = self.length, self.config.n_kv_heads
+        return StreamState(list(self.M), list(self.z),
+                           [kv[:, :G, :n].clone() for kv in self.kv], [kv[:, G:, :n].clone() for kv in self.kv],
+                           self.tokens_seen, self.segments_written)
+
+    def _norm(self, norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+        if self._fused_norm:
+            return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
+        return norm(x)
+
+    @torch.inference_mode()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B] (or [B, 1]) -> next-token logits [B, vocab]."""
+        cfg = self.config
+        if self.length == cfg.segment_len:  # the segment is full: written to memory first, as feed does
+            self._set_memory(commit_segment(self.to_state(), cfg.memory_rule))
+            self.length = 0
+        elif self.length == self.capacity:
+            self._allocate(min(cfg.segment_len, 2 * self.capacity))
+        B, H, G, D = self.batch, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        p = self.length
+        cos, sin = self.cos[p], self.sin[p]
+        h = self.model.embed(tokens.view(B, 1))
+        for i, block in enumerate(self.model.layers):
+            attn = block.attn
+            qkv = attn.wqkv(self._norm(block.attn_norm, h)).view(B, H + 2 * G, 1, D)  # one position
+            qk = qkv[:, :H + G]
+            qk_rot = torch.addcmul(qk * cos, _swap_halves(qk), sin)
+            kv, k_rot = self.kv[i], self.k_rot[i]
+            kv[:, :, p:p + 1] = qkv[:, H:]
+            k_rot[:, :, p:p + 1] = qk_rot[:, H:]
+            k, v = k_rot[:, :, :p + 1], kv[:, G:, :p + 1]
+            if _SDPA_GQA and cfg.group_size > 1:
+                local = F.scaled_dot_product_attention(qk_rot[:, :H], k, v, enable_gqa=True)
+            else:
+                local = F.scaled_dot_product_attention(qk_rot[:, :H], k.repeat_interleave(cfg.group_size, dim=1),
+                                                       v.repeat_interleave(cfg.group_size, dim=1))
+            if not self.use_memory:
+                out = local
+            else:
+                if self.memory_empty[i]:
+                    mem = self._zero  # the read of an empty memory: 0 / (0 + eps)
+                else:
+                    q = qk[:, :H].reshape(B, G, cfg.group_size, D)
+                    mem = memory_read(q, self.M[i], self.z[i]).reshape(B, H, 1, D).to(local.dtype)
+                out = torch.lerp(local, mem, self.gates[i])
+            h = h + attn.wo(out.reshape(B, 1, H * D))
+            gate, up = block.ffn.w13(self._norm(block.ffn_norm, h)).chunk(2, dim=-1)
+            h = h + block.ffn.w2(F.silu(gate) * up)
+        self.length += 1
+        self.tokens_seen += 1
+        return self.model.lm_head(self._norm(self.model.norm, h))[:, 0]

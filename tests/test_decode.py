@@ -1,0 +1,95 @@
+"""The decoder: one token at a time gives the general forward's logits and state."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from infini_cli.config import preset
+from infini_cli.decode import Decoder
+from infini_cli.memory import StreamState
+from infini_cli.stream import feed, generate, greedy_batch
+
+from .conftest import random_model
+
+
+def tokens_for(cfg, n, seed=2):
+    return torch.randint(0, cfg.vocab_size, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def states_equal(a: StreamState, b: StreamState) -> None:
+    assert (a.tokens_seen, a.segments_written, a.local_len) == (b.tokens_seen, b.segments_written, b.local_len)
+    for x, y in zip(a.M + a.z + a.k_local + a.v_local, b.M + b.z + b.k_local + b.v_local):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-delta"])
+@pytest.mark.parametrize("use_memory", [True, False])
+def test_steps_equal_feeding_one_token_at_a_time_across_segments(name, use_memory):
+    """From mid-segment, over three segment boundaries (memory empty, then written)."""
+    cfg = preset(name)
+    model = random_model(cfg, seed=1)
+    S = cfg.segment_len
+    toks = tokens_for(cfg, 3 * S + 5)
+    start = S // 2 + 3
+    _, ref = feed(model, StreamState.empty(cfg), toks[:start], use_memory=use_memory)
+    decoder = Decoder(model, ref, use_memory, reserve=2)  # buffers must grow as it goes
+    for t in toks[start:]:
+        want, ref = feed(model, ref, [int(t)], logits="last", use_memory=use_memory)
+        got = decoder.step(t.view(1))
+        torch.testing.assert_close(got, want[:, -1], rtol=1e-5, atol=1e-6)
+    states_equal(decoder.to_state(), ref)
+    assert ref.segments_written == 3
+
+
+def test_a_batch_of_streams_decodes_each_as_alone():
+    cfg = preset("tiny-delta")
+    model = random_model(cfg, seed=4)
+    prompts = torch.stack([tokens_for(cfg, 2 * cfg.segment_len + 7, seed=s) for s in (5, 6)])
+    _, state = feed(model, StreamState.empty(cfg, batch_size=2), prompts)
+    both = greedy_batch(model, state, prompts[:, -1], 12)
+    for b in range(2):
+        alone = greedy_batch(model, state.select(b), prompts[b:b + 1, -1], 12)
+        assert both[b].tolist() == alone[0].tolist()
+
+
+def test_the_callers_state_is_not_modified_and_to_state_is_a_copy():
+    cfg = preset("tiny")
+    model = random_model(cfg, seed=2)
+    _, state = feed(model, StreamState.empty(cfg), tokens_for(cfg, 9))
+    before = state.clone()
+    decoder = Decoder(model, state)
+    decoder.step(torch.tensor([3]))
+    snapshot = decoder.to_state()
+    kept = snapshot.clone()
+    decoder.step(torch.tensor([4]))
+    states_equal(state, before)
+    states_equal(snapshot, kept)
+    assert snapshot.local_len == 10
+
+
+def test_generate_equals_greedy_recomputation_from_scratch():
+    """Each token generate yields is the argmax of a fresh forward over everything before it."""
+    cfg = dataclasses.replace(preset("tiny"), segment_len=64)
+    model = random_model(cfg, seed=7)
+    prompt = tokens_for(cfg, 20).tolist()
+    got = list(generate(model, StreamState.empty(cfg), prompt, max_new_tokens=30))
+    seq = list(prompt)
+    for t in got:
+        logits, _ = feed(model, StreamState.empty(cfg), seq, logits="last")
+        assert t == int(logits[0, -1].argmax())
+        seq.append(t)
+
+
+def test_a_bfloat16_model_decodes_in_bfloat16():
+    cfg = preset("tiny")
+    model = random_model(cfg, seed=3).to(torch.bfloat16)
+    for block in model.layers:  # norms stay float32 in checkpoints
+        block.attn_norm.float(), block.ffn_norm.float()
+    _, state = feed(model, StreamState.empty(cfg, dtype=torch.bfloat16), tokens_for(cfg, 5))
+    want, _ = feed(model, state, [7], logits="last")
+    got = Decoder(model, state).step(torch.tensor([7]))
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want[:, -1], rtol=1e-2, atol=1e-2)
