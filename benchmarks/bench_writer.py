@@ -18,7 +18,7 @@ Sections:
   the written summary, the extractive one, TextRank and lead (bench_quality's baselines).
 - speed: the writer's ingest (prefill) and decode tokens/s with float32 weights, the int8
   kernel, and the product's default (int4 kernel where re-quantizing loses nothing, int8
-  elsewhere), decoding through the product's decoder, at each --threads; median of 3; peak RSS.
+  elsewhere), decoding through the product's decoder, at each --threads; median of --reps; peak RSS.
 - llamacpp: llama.cpp (llama-cpp-python, optional) on the GGUF given by --gguf, the same
   prompt and decode lengths and threads as speed; run `--sections speed,llamacpp` for the two
   side by side in one run.
@@ -409,6 +409,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--threads", default="1,2", help="speed: thread counts; ask/summarize run on the first")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/infini-bench-writer"))
     ap.add_argument("--out", type=Path, default=None, help="write the results JSON here")
+    ap.add_argument("--reps", type=int, default=3, help="speed, llamacpp: runs per row (the median is reported)")
     ap.add_argument("--gguf", type=Path, default=None, help="llamacpp: the GGUF the writer was converted from")
     ap.add_argument("--section-words", type=int, default=None,
                     help="summarize: words a section (the product's SECTION_WORDS); for tuning on --split dev")
@@ -443,6 +444,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     sections = args.sections.split(",")
     res: dict = {"writer": str(writer_path), "reader": args.reader, "threads": threads[0], "cpu": cpu_name(),
                  "section_words": summarize_task.SECTION_WORDS, "material": summarize_task.MATERIAL}
+    if "ttft" in sections:  # first: a child's peak RSS counts this process's size when it started
+        res["ttft"] = bench_ttft(args.data, args.workdir, threads, str(writer_path))
     if "ask" in sections or "summarize" in sections:
         reader = load_checkpoint(resolve_model(args.reader))
         writer = load_checkpoint(writer_path, kernels=decode_kernels_for(writer_path, torch.device("cpu")))
@@ -452,21 +455,19 @@ def main(argv: Optional[list[str]] = None) -> int:
             res["summarize"] = bench_summarize(reader, writer, args.data, args.workdir, args.stories, args.words,
                                                args.split)
     if "speed" in sections:
-        res["speed"] = bench_speed(writer_path, threads)
+        res["speed"] = bench_speed(writer_path, threads, reps=args.reps)
     if "llamacpp" in sections:
         if args.gguf is None:
             log("llamacpp: skipped (give --gguf, the writer's GGUF file)")
         else:
             try:
-                res["llamacpp"] = bench_llamacpp(args.gguf, threads)
+                res["llamacpp"] = bench_llamacpp(args.gguf, threads, reps=args.reps)
             except ImportError:
                 log("llamacpp: skipped (pip install llama-cpp-python)")
     if "speed" in res and "llamacpp" in res:
         ours = {r["threads"]: r["decode_tokens_per_s"] for r in res["speed"]["rows"] if r["weights"].endswith("(default)")}
         theirs = {r["threads"]: r["decode_tokens_per_s"] for r in res["llamacpp"]["rows"]}
         res["decode_vs_llamacpp"] = {str(n): round(ours[n] / theirs[n], 3) for n in ours if n in theirs}
-    if "ttft" in sections:
-        res["ttft"] = bench_ttft(args.data, args.workdir, threads, str(writer_path))
     print_report(res)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

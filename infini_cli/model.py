@@ -196,11 +196,20 @@ class Block(nn.Module):
         self.ffn = FeedForward(config)
 
 
+def _embedding(vocab_size: int, dim: int) -> nn.Embedding:
+    """nn.Embedding, not initialised when built on the meta device (to receive a checkpoint's
+    weights): its normal_ there imports torch's Python op references, ~1.2 s of every command
+    that loads a model."""
+    if torch.empty(0).is_meta:
+        return nn.Embedding(vocab_size, dim, _weight=torch.empty(vocab_size, dim))
+    return nn.Embedding(vocab_size, dim)
+
+
 class InfiniTransformer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.embed = _embedding(config.vocab_size, config.d_model)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)

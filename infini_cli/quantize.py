@@ -225,24 +225,33 @@ class Int4Linear(torch.nn.Module):
         self.register_buffer("scale_offset", scale_offset)   # [in/g, out, 2] bfloat16
         self.group_size, self.in_features, self.out_features = group_size, in_features, out_features
 
-    @classmethod
-    def from_weight(cls, w: torch.Tensor, group_size: int) -> "Int4Linear":
-        return cls.quantized(w, group_size)[0]
-
-    @classmethod
-    def quantized(cls, w: torch.Tensor, group_size: int) -> tuple["Int4Linear", float]:
-        """The layer for weight w [out, in], and the relative error of its weights
-        (||W_int4 - W|| / ||W||)."""
+    @staticmethod
+    def _grid(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(codes [out, in/g, g] as floats 0..15, minimum and step [out, in/g]) of w [out, in]."""
         out_f, in_f = w.shape
         g = w.detach().float().reshape(out_f, in_f // group_size, group_size)
         lo, hi = g.amin(dim=-1), g.amax(dim=-1)
         scale = ((hi - lo) / 15.0).clamp(min=1e-12)
-        codes = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15)
-        error = float((codes * scale[..., None] + lo[..., None] - g).norm() / g.norm().clamp(min=1e-12))
+        codes = (g - lo[..., None]).div_(scale[..., None]).round_().clamp_(0, 15)  # in place: one copy
+        return codes, lo, scale
+
+    @classmethod
+    def grid_error(cls, w: torch.Tensor, group_size: int, rows: int = 256) -> float:
+        """||W_int4 - W|| / ||W|| on `rows` rows spread over w (the whole matrix costs as much
+        as quantizing it, and a 49,152-row output layer is rejected from a sample)."""
+        sample = w.detach()[:: max(1, w.shape[0] // rows)].float()
+        codes, lo, scale = cls._grid(sample, group_size)
+        back = codes.mul_(scale[..., None]).add_(lo[..., None]).reshape(sample.shape)
+        return float((back - sample).norm() / sample.norm().clamp(min=1e-12))
+
+    @classmethod
+    def from_weight(cls, w: torch.Tensor, group_size: int) -> "Int4Linear":
+        out_f, in_f = w.shape
+        codes, lo, scale = cls._grid(w, group_size)
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.reshape(out_f, in_f).to(torch.int32), 2)
         offset = lo + 8 * scale  # the kernel subtracts 8 from every code
         scale_offset = torch.stack((scale, offset), dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
-        return cls(packed, scale_offset, group_size, in_f, out_f), error
+        return cls(packed, scale_offset, group_size, in_f, out_f)
 
     @staticmethod
     def fits(lin: torch.nn.Linear, group_size: int) -> bool:
@@ -284,15 +293,13 @@ def use_decode_kernels(model: torch.nn.Module, act_dtype: torch.dtype = torch.bf
         for attr, sub in list(child.named_children()):
             if not (isinstance(sub, torch.nn.Linear) and sub.bias is None):
                 continue
-            layer: torch.nn.Module | None = None
-            if int4 and Int4Linear.fits(sub, INT4_GROUP_SIZE):
-                layer, error = Int4Linear.quantized(sub.weight, INT4_GROUP_SIZE)
-                if error > INT4_MAX_ERROR:
-                    layer = None
-            if layer is None:
+            layer: torch.nn.Module
+            if (int4 and Int4Linear.fits(sub, INT4_GROUP_SIZE)
+                    and Int4Linear.grid_error(sub.weight, INT4_GROUP_SIZE) <= INT4_MAX_ERROR):
+                layer = Int4Linear.from_weight(sub.weight, INT4_GROUP_SIZE)
+                counts["int4"] += 1
+            else:
                 layer = Int8Linear.from_linear(sub, act_dtype)
                 counts["int8"] += 1
-            else:
-                counts["int4"] += 1
             setattr(child, attr, layer)
     return counts

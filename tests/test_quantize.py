@@ -87,8 +87,8 @@ def test_int4_linear_is_exact_on_a_4bit_grid_up_to_bfloat16():
     from infini_cli.quantize import Int4Linear
 
     w = on_4bit_grid()
-    layer, error = Int4Linear.quantized(w, 32)
-    assert error < 1e-6  # the grid is recovered: codes, scales and minima
+    assert Int4Linear.grid_error(w, 32) < 1e-6  # the grid is recovered: codes, scales and minima
+    layer = Int4Linear.from_weight(w, 32)
     x = torch.randn(3, w.shape[1], generator=torch.Generator().manual_seed(1))
     ref = x.bfloat16().float() @ w.T  # the kernel takes bfloat16 activations
     assert rel(ref, layer(x)) < 0.01
@@ -105,7 +105,8 @@ def test_decode_kernels_take_int4_only_where_it_loses_nothing():
         model[0].weight.copy_(on_4bit_grid())          # from a 4-bit file: int4
         model[1].weight.copy_(gaussian(64, 128))        # trained in float: int8 (~8% in int4)
         model[2].weight.copy_(on_4bit_grid(40, 128)[:40])  # 40 outputs: not a multiple of 16
-    assert Int4Linear.quantized(gaussian(64, 128), 32)[1] > INT4_MAX_ERROR
+    assert Int4Linear.grid_error(gaussian(64, 128), 32) > INT4_MAX_ERROR
+    assert Int4Linear.grid_error(gaussian(1024, 128), 32, rows=64) > INT4_MAX_ERROR  # from a sample
     assert use_decode_kernels(model) == {"int4": 1, "int8": 2}
     assert isinstance(model[0], Int4Linear)
     assert isinstance(model[1], Int8Linear) and isinstance(model[2], Int8Linear)
