@@ -19,6 +19,9 @@ Sections:
 - speed: the writer's ingest (prefill) and decode tokens/s with float32 weights, the int8
   kernel, and the product's default (int4 kernel where re-quantizing loses nothing, int8
   elsewhere), decoding through the product's decoder, at each --threads; median of --reps; peak RSS.
+- cuda: the writer on a CUDA GPU (bfloat16 weights, float32 memory): prefill and decode
+  tokens/s and prefill's share of the GPU's bf16 matmul rate at the writer's shapes
+  (benchmarks/gpu_check.sh runs it with the other CUDA checks).
 - llamacpp: llama.cpp (llama-cpp-python, optional) on the GGUF given by --gguf, the same
   prompt and decode lengths and threads as speed; run `--sections speed,llamacpp` for the two
   side by side in one run.
@@ -324,6 +327,54 @@ def bench_speed(writer_path: Path, threads: list[int], prompt_tokens: int = 512,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def bench_speed_cuda(writer_path: Path, prompt_tokens: int = 512, decode_tokens: int = 64, reps: int = 3,
+                     device: str = "cuda") -> dict:
+    """The writer on CUDA as the product loads it there (bfloat16 weights, float32 memory):
+    prefill and decode tokens/s (median of `reps`), and prefill's share of the GPU's bf16
+    matmul rate measured at the writer's own linear shapes (engine_bench.matmul_rate)."""
+    import torch
+
+    from engine_bench import flops_per_token, matmul_rate
+
+    from infini_cli.checkpoint import load_checkpoint
+    from infini_cli.decode import Decoder
+    from infini_cli.memory import StreamState
+    from infini_cli.stream import feed
+
+    dev = torch.device(device)  # another device only to try this function where no GPU is
+    loaded = load_checkpoint(writer_path, dev, dtype=torch.bfloat16)  # CUDA's default dtype
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    ids = loaded.tokenizer.encode("The committee met in the spring and decided to build a bridge. " * 80)[:prompt_tokens]
+    empty = lambda: StreamState.empty(loaded.config, device=dev, dtype=torch.bfloat16)  # noqa: E731
+    feed(loaded.model, empty(), ids[:32], logits="last")  # warm-up
+    prefills, decodes = [], []
+    for _ in range(reps):
+        sync()
+        t = time.perf_counter()
+        logits, state = feed(loaded.model, empty(), ids, logits="last")
+        sync()
+        prefills.append(time.perf_counter() - t)
+        tok = logits[0, -1].argmax().view(1)
+        t = time.perf_counter()
+        decoder = Decoder(loaded.model, state, reserve=decode_tokens)
+        for _ in range(decode_tokens):
+            tok = decoder.step(tok).argmax(-1)
+        sync()
+        decodes.append(time.perf_counter() - t)
+    prefill_tps = len(ids) / statistics.median(prefills)
+    rate = matmul_rate(loaded.config, len(ids), dev, torch.bfloat16)["gflops"]
+    flops = flops_per_token(loaded.config)["total"]
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
+    row = {"weights": f"bfloat16 ({dev.type})", "device": name,
+           "prefill_tokens_per_s": round(prefill_tps, 1),
+           "decode_tokens_per_s": round(decode_tokens / statistics.median(decodes), 1),
+           "bf16_matmul_gflops_at_writer_shapes": round(rate, 1),
+           "prefill_share_of_matmul_rate": round(flops * prefill_tps / 1e9 / rate, 4)}
+    log(f"cuda: {row}")
+    return {"prompt_tokens": len(ids), "decode_tokens": decode_tokens, "reps": reps, "rows": [row],
+            "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if dev.type == "cuda" else None}
+
+
 def bench_llamacpp(gguf: Path, threads: list[int], prompt_tokens: int = 512, decode_tokens: int = 64,
                    reps: int = 3) -> dict:
     """llama.cpp (llama-cpp-python, an optional benchmark dependency) on the same GGUF, the same
@@ -381,6 +432,11 @@ def print_report(res: dict) -> None:
         for r in res["speed"]["rows"]:
             print(f"{r['weights']:28} {r['threads']} thr  prefill {r['prefill_tokens_per_s']:8.1f} tok/s  "
                   f"decode {r['decode_tokens_per_s']:6.1f} tok/s")
+    if "cuda" in res:
+        for r in res["cuda"]["rows"]:
+            print(f"\nwriter on {r['device']}: prefill {r['prefill_tokens_per_s']:,.0f} tok/s "
+                  f"({r['prefill_share_of_matmul_rate']:.0%} of the bf16 matmul rate), "
+                  f"decode {r['decode_tokens_per_s']:.1f} tok/s")
     if "llamacpp" in res:
         print(f"\nllama.cpp on {res['llamacpp']['gguf']}")
         for r in res["llamacpp"]["rows"]:
@@ -413,6 +469,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--gguf", type=Path, default=None, help="llamacpp: the GGUF the writer was converted from")
     ap.add_argument("--section-words", type=int, default=None,
                     help="summarize: words a section (the product's SECTION_WORDS); for tuning on --split dev")
+    ap.add_argument("--summary-bias", type=float, default=None,
+                    help="summarize: the writer's logit bias towards each section's words (default: the product's)")
     ap.add_argument("--material", type=int, default=None,
                     help="summarize: source words per summary word (the product's MATERIAL); for tuning on dev")
     args = ap.parse_args(argv)
@@ -422,6 +480,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         summarize_task.SECTION_WORDS = args.section_words
     if args.material:
         summarize_task.MATERIAL = args.material
+    if args.summary_bias is not None:
+        summarize_task.SUMMARY_COPY_BIAS = args.summary_bias
 
     from infini_cli.checkpoint import load_checkpoint
     from infini_cli.errors import InputError
@@ -433,7 +493,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except InputError as e:
         log(f"skipped: {e}")
         return 0
-    if not args.data.exists():
+    if not args.data.exists() and {"ask", "summarize", "ttft"} & set(args.sections.split(",")):
         log(f"skipped: no data at {args.data}")
         return 0
     import torch
@@ -443,7 +503,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     sections = args.sections.split(",")
     res: dict = {"writer": str(writer_path), "reader": args.reader, "threads": threads[0], "cpu": cpu_name(),
-                 "section_words": summarize_task.SECTION_WORDS, "material": summarize_task.MATERIAL}
+                 "section_words": summarize_task.SECTION_WORDS, "material": summarize_task.MATERIAL,
+                 "summary_bias": summarize_task.SUMMARY_COPY_BIAS}
     if "ttft" in sections:  # first: a child's peak RSS counts this process's size when it started
         res["ttft"] = bench_ttft(args.data, args.workdir, threads, str(writer_path))
     if "ask" in sections or "summarize" in sections:
@@ -456,6 +517,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                args.split)
     if "speed" in sections:
         res["speed"] = bench_speed(writer_path, threads, reps=args.reps)
+    if "cuda" in sections:
+        if torch.cuda.is_available():
+            res["cuda"] = bench_speed_cuda(writer_path, reps=args.reps)
+        else:
+            log("cuda: skipped (no CUDA GPU here)")
     if "llamacpp" in sections:
         if args.gguf is None:
             log("llamacpp: skipped (give --gguf, the writer's GGUF file)")

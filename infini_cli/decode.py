@@ -7,8 +7,7 @@ that grows with the segment and a dozen kernels per layer per token, which at th
 writer's size cost more than its matrix products. A Decoder keeps what decoding needs in
 buffers allocated once (gpt-fast's static cache): the rotated keys and the values of the
 current segment, plus the keys before RoPE for the state; a step rotates the new token's
-query and key in one kernel, writes its key and value in place and attends over the filled
-part. A layer whose memory is still empty skips the read: it is exactly zero there.
+query and key together, writes its keys and value in place and attends over the filled part. A layer whose memory is still empty skips the read: it is exactly zero there.
 
 Same numbers as the general forward (tests compare logits and states); a full segment is
 written into memory exactly as stream.feed does. The caller's state is never modified;
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .memory import StreamState, commit_segment, memory_read
-from .model import _SDPA_GQA, InfiniTransformer, RMSNorm, _rope_table, _swap_halves
+from .model import _SDPA_GQA, InfiniTransformer, RMSNorm, _rope_table, _swap_halves, apply_rope
 
 
 class Decoder:
@@ -44,7 +43,7 @@ class Decoder:
             k = state.k_local[i].to(self.dtype)
             self.kv[i][:, :G, :n] = k
             self.kv[i][:, G:, :n] = state.v_local[i]
-            self.k_rot[i][:, :, :n] = torch.addcmul(k * self.cos[:n], _swap_halves(k), self.sin[:n])
+            self.k_rot[i][:, :, :n] = apply_rope(k, 0, cfg.rope_theta, cfg.segment_len)
         self._set_memory(state)
         # sigmoid(gate) per layer and query head, computed once instead of every token
         self.gates = [torch.sigmoid(b.attn.gate.float()).to(self.dtype).view(1, -1, 1, 1) for b in model.layers]
@@ -98,7 +97,7 @@ class Decoder:
             attn = block.attn
             qkv = attn.wqkv(self._norm(block.attn_norm, h)).view(B, H + 2 * G, 1, D)  # one position
             qk = qkv[:, :H + G]
-            qk_rot = torch.addcmul(qk * cos, _swap_halves(qk), sin)
+            qk_rot = torch.addcmul(qk * cos, _swap_halves(qk), sin)  # apply_rope, its table row taken once
             kv, k_rot = self.kv[i], self.k_rot[i]
             kv[:, :, p:p + 1] = qkv[:, H:]
             k_rot[:, :, p:p + 1] = qk_rot[:, H:]

@@ -91,3 +91,22 @@ def test_the_writer_reads_a_second_hop_from_the_cache(tmp_path, writer_path, mon
                       input=doc.read_text())
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["second_hop"] == []
+
+
+def test_a_writer_decodes_with_the_low_bit_kernels_and_a_reader_does_not(writer_path):
+    import torch
+
+    from infini_cli.loading import decode_kernels_for
+    from infini_cli.quantize import int8_kernel_available
+    from infini_cli.registry import PACKAGE_MODELS
+
+    cpu = torch.device("cpu")
+    assert decode_kernels_for(PACKAGE_MODELS / "infini-mini.safetensors", cpu) == "float"
+    if not int8_kernel_available():
+        pytest.skip("no weight-only int8 kernel in this torch")
+    assert decode_kernels_for(writer_path, cpu) == "float"  # a float32 file keeps its weights
+    int8 = writer_path.with_name("writer-int8.safetensors")
+    r = runner.invoke(app, ["quantize", str(writer_path), str(int8), "--bits", "8"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert decode_kernels_for(int8, cpu) == "int4"
+    assert decode_kernels_for(int8, torch.device("meta")) == "float"  # kernels are the CPU's
