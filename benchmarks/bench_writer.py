@@ -471,6 +471,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="summarize: words a section (the product's SECTION_WORDS); for tuning on --split dev")
     ap.add_argument("--summary-bias", type=float, default=None,
                     help="summarize: the writer's logit bias towards each section's words (default: the product's)")
+    ap.add_argument("--ask-words-factor", type=float, default=None,
+                    help="summarize: words asked of the writer per section / its share (default: the product's)")
     ap.add_argument("--material", type=int, default=None,
                     help="summarize: source words per summary word (the product's MATERIAL); for tuning on dev")
     args = ap.parse_args(argv)
@@ -482,6 +484,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         summarize_task.MATERIAL = args.material
     if args.summary_bias is not None:
         summarize_task.SUMMARY_COPY_BIAS = args.summary_bias
+    if args.ask_words_factor is not None:
+        summarize_task.ASK_WORDS_FACTOR = args.ask_words_factor
 
     from infini_cli.checkpoint import load_checkpoint
     from infini_cli.errors import InputError
@@ -504,7 +508,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     sections = args.sections.split(",")
     res: dict = {"writer": str(writer_path), "reader": args.reader, "threads": threads[0], "cpu": cpu_name(),
                  "section_words": summarize_task.SECTION_WORDS, "material": summarize_task.MATERIAL,
-                 "summary_bias": summarize_task.SUMMARY_COPY_BIAS}
+                 "summary_bias": summarize_task.SUMMARY_COPY_BIAS, "ask_words_factor": summarize_task.ASK_WORDS_FACTOR}
     if "ttft" in sections:  # first: a child's peak RSS counts this process's size when it started
         res["ttft"] = bench_ttft(args.data, args.workdir, threads, str(writer_path))
     if "ask" in sections or "summarize" in sections:

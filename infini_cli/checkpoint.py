@@ -288,6 +288,7 @@ def load_checkpoint(path: Union[str, Path], device: Union[str, torch.device] = "
     if header.config.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     model.eval()
+    del stored, sd  # the model holds the only float weights now: each is freed as its layer is swapped
     if kernels == "int8":
         from .quantize import use_int8_linears
 
