@@ -148,3 +148,19 @@ def test_words_and_sentences_together_is_an_error(tmp_path, tiny_checkpoint):
 
 def test_summarize_missing_file(tmp_path, tiny_checkpoint):
     assert_one_line_error(run("summarize", tmp_path / "gone.txt", "--model", tiny_checkpoint), 2, "gone.txt")
+
+
+def test_sections_are_even_and_a_leftover_joins_the_last_one(tiny_checkpoint):
+    from infini_cli.checkpoint import load_checkpoint
+    from infini_cli.tasks.summarize import sections_of
+
+    loaded = load_checkpoint(tiny_checkpoint)
+    tok = loaded.tokenizer
+    body = " ".join(f"The keeper of lamp number {i} walked the long road home at dusk." for i in range(9))
+    chosen = passages_of_text(body + " It rained.")
+    sizes = {p.text: len(tok.encode(p.text)) for p in chosen}
+    groups = sections_of(loaded, chosen, 3)
+    assert [p for g in groups for p in g] == chosen  # every sentence once, in order
+    assert len(groups) == 3 and chosen[-1] in groups[-1] and len(groups[-1]) > 1  # not a section of its own
+    groups = sections_of(loaded, chosen, 3, max_tokens=max(sizes.values()) * 2)
+    assert all(sum(sizes[p.text] for p in g) <= max(sizes.values()) * 2 for g in groups)

@@ -134,13 +134,18 @@ def sections_of(loaded: LoadedModel, chosen: list[Passage], n_sections: int,
     total = sum(sizes)
     per = min(max_tokens, max(1, -(-total // max(1, n_sections))))
     groups: list[list[Passage]] = [[]]
-    used = 0
+    used: list[int] = [0]
     for p, n in zip(chosen, sizes):
-        if groups[-1] and used + n > per:
+        if groups[-1] and used[-1] + n > per:
             groups.append([])
-            used = 0
+            used.append(0)
         groups[-1].append(p)
-        used += n
+        used[-1] += n
+    # what is left over at the end (a sentence or two) joins the section before it where that
+    # fits: alone, the writer was asked to summarize one sentence in N words and padded it
+    if len(groups) > 1 and used[-1] < per / 3 and used[-2] + used[-1] <= max_tokens:
+        last = groups.pop()
+        groups[-1] += last
     return [g for g in groups if g]
 
 
