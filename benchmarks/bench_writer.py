@@ -344,7 +344,8 @@ def bench_speed_cuda(writer_path: Path, prompt_tokens: int = 512, decode_tokens:
     dev = torch.device(device)  # another device only to try this function where no GPU is
     loaded = load_checkpoint(writer_path, dev, dtype=torch.bfloat16)  # CUDA's default dtype
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    ids = loaded.tokenizer.encode("The committee met in the spring and decided to build a bridge. " * 80)[:prompt_tokens]
+    text = "The committee met in the spring and decided to build a bridge. " * 80
+    ids = loaded.tokenizer.encode(text)[:prompt_tokens]
     empty = lambda: StreamState.empty(loaded.config, device=dev, dtype=torch.bfloat16)  # noqa: E731
     feed(loaded.model, empty(), ids[:32], logits="last")  # warm-up
     prefills, decodes = [], []
@@ -371,8 +372,9 @@ def bench_speed_cuda(writer_path: Path, prompt_tokens: int = 512, decode_tokens:
            "bf16_matmul_gflops_at_writer_shapes": round(rate, 1),
            "prefill_share_of_matmul_rate": round(flops * prefill_tps / 1e9 / rate, 4)}
     log(f"cuda: {row}")
+    peak = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if dev.type == "cuda" else None
     return {"prompt_tokens": len(ids), "decode_tokens": decode_tokens, "reps": reps, "rows": [row],
-            "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if dev.type == "cuda" else None}
+            "peak_gpu_memory_mb": peak}
 
 
 def bench_llamacpp(gguf: Path, threads: list[int], prompt_tokens: int = 512, decode_tokens: int = 64,
@@ -535,7 +537,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             except ImportError:
                 log("llamacpp: skipped (pip install llama-cpp-python)")
     if "speed" in res and "llamacpp" in res:
-        ours = {r["threads"]: r["decode_tokens_per_s"] for r in res["speed"]["rows"] if r["weights"].endswith("(default)")}
+        ours = {r["threads"]: r["decode_tokens_per_s"] for r in res["speed"]["rows"]
+                if r["weights"].endswith("(default)")}
         theirs = {r["threads"]: r["decode_tokens_per_s"] for r in res["llamacpp"]["rows"]}
         res["decode_vs_llamacpp"] = {str(n): round(ours[n] / theirs[n], 3) for n in ours if n in theirs}
     print_report(res)

@@ -7,7 +7,8 @@ that grows with the segment and a dozen kernels per layer per token, which at th
 writer's size cost more than its matrix products. A Decoder keeps what decoding needs in
 buffers allocated once (gpt-fast's static cache): the rotated keys and the values of the
 current segment, plus the keys before RoPE for the state; a step rotates the new token's
-query and key together, writes its keys and value in place and attends over the filled part. A layer whose memory is still empty skips the read: it is exactly zero there.
+query and key together, writes its keys and value in place and attends over the filled
+part. A layer whose memory is still empty skips the read: it is exactly zero there.
 
 Same numbers as the general forward (tests compare logits and states); a full segment is
 written into memory exactly as stream.feed does. The caller's state is never modified;
