@@ -43,7 +43,7 @@ def decode_kernels_for(path: Path, dev) -> str:
     re-quantizing loses nothing (its weights came from a 4-bit GGUF), int8 elsewhere: 43.6
     tokens/s against 26.9 with float32 weights on the Intel Xeon of the README's speed table
     (two threads). Prompts are multiplied with float weights made from the same codes
-    (quantize.DEQUANTIZE_ROWS). Readers only ingest, and keep float32."""
+    (quantize.DEQUANTIZE_ROWS). Readers keep float32: they mostly ingest."""
     from .checkpoint import read_header
     from .quantize import int8_kernel_available
 
