@@ -40,10 +40,10 @@ def _default_threads_for(loaded: LoadedModel, threads: Optional[int]) -> None:
 
 def decode_kernels_for(path: Path, dev) -> str:
     """A writer stored in int8 decodes with torch's weight-only kernels on the CPU: int4 where
-    re-quantizing loses nothing (its weights came from a 4-bit GGUF), int8 elsewhere: 41.9
-    tokens/s against 32.2 with float32 weights on the Intel Xeon of the README's speed table
-    (two threads). Prompts are multiplied with float weights made from the same codes
-    (quantize.DEQUANTIZE_ROWS). Readers keep float32: they mostly ingest."""
+    re-quantizing loses nothing (its weights came from a 4-bit GGUF), int8 elsewhere: about
+    twice float32's decoding rate on the Intel Xeon of the README's speed table (two threads).
+    Prompts are multiplied with weights made from the same codes (quantize.DEQUANTIZE_ROWS).
+    Readers keep float32: they mostly ingest."""
     from .checkpoint import read_header
     from .quantize import int8_kernel_available
 
