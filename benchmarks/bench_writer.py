@@ -284,6 +284,35 @@ def bench_ttft(data_dir: Path, workdir: Path, threads: list[int], writer: str) -
 
 # ----------------------------------------------------------------------------- speed
 
+SPEED_TEXT = "The committee met in the spring and decided to build a bridge. " * 80
+
+
+def time_prefill_decode(loaded, ids: list[int], decode_tokens: int, reps: int, empty, sync=lambda: None
+                        ) -> tuple[list[float], list[float]]:
+    """Seconds of each of `reps` prefills of ids (from empty()) and of the decodes of
+    decode_tokens greedy tokens after them through the product's decoder; sync waits for a
+    device (CUDA) before each clock reading."""
+    from infini_cli.decode import Decoder
+    from infini_cli.stream import feed
+
+    feed(loaded.model, empty(), ids[:32], logits="last")  # warm-up
+    prefills, decodes = [], []
+    for _ in range(reps):
+        sync()
+        t = time.perf_counter()
+        logits, state = feed(loaded.model, empty(), ids, logits="last")
+        sync()
+        prefills.append(time.perf_counter() - t)
+        tok = logits[0, -1].argmax().view(1)
+        t = time.perf_counter()
+        decoder = Decoder(loaded.model, state, reserve=decode_tokens)
+        for _ in range(decode_tokens):
+            tok = decoder.step(tok).argmax(-1)
+        sync()
+        decodes.append(time.perf_counter() - t)
+    return prefills, decodes
+
+
 def bench_speed(writer_path: Path, threads: list[int], prompt_tokens: int = 512, decode_tokens: int = 64,
                 reps: int = 3) -> dict:
     """Prefill and decode tokens/s of the writer with each kernel choice: float32 weights, every
@@ -293,30 +322,17 @@ def bench_speed(writer_path: Path, threads: list[int], prompt_tokens: int = 512,
     import torch
 
     from infini_cli.checkpoint import load_checkpoint
-    from infini_cli.decode import Decoder
     from infini_cli.memory import StreamState
-    from infini_cli.stream import feed
 
     names = {"float": "float32", "int8": "int8 kernel", "int4": "int4+int8 kernels (default)"}
     out = []
     for kernels in ("float", "int8", "int4"):
         loaded = load_checkpoint(writer_path, kernels=kernels)
-        ids = loaded.tokenizer.encode(("The committee met in the spring and decided to build a bridge. " * 80))
-        ids = ids[:prompt_tokens]
+        ids = loaded.tokenizer.encode(SPEED_TEXT)[:prompt_tokens]
         for n in threads:
             torch.set_num_threads(n)
-            feed(loaded.model, StreamState.empty(loaded.config), ids[:32], logits="last")  # warm-up
-            prefills, decodes = [], []
-            for _ in range(reps):
-                t = time.perf_counter()
-                logits, state = feed(loaded.model, StreamState.empty(loaded.config), ids, logits="last")
-                prefills.append(time.perf_counter() - t)
-                tok = logits[0, -1].argmax().view(1)
-                t = time.perf_counter()
-                decoder = Decoder(loaded.model, state, reserve=decode_tokens)
-                for _ in range(decode_tokens):
-                    tok = decoder.step(tok).argmax(-1)
-                decodes.append(time.perf_counter() - t)
+            prefills, decodes = time_prefill_decode(loaded, ids, decode_tokens, reps,
+                                                    lambda: StreamState.empty(loaded.config))
             row = {"weights": names[kernels], "threads": n,
                    "prefill_tokens_per_s": round(len(ids) / statistics.median(prefills), 1),
                    "decode_tokens_per_s": round(decode_tokens / statistics.median(decodes), 1),
@@ -337,31 +353,15 @@ def bench_speed_cuda(writer_path: Path, prompt_tokens: int = 512, decode_tokens:
     from engine_bench import flops_per_token, matmul_rate
 
     from infini_cli.checkpoint import load_checkpoint
-    from infini_cli.decode import Decoder
     from infini_cli.memory import StreamState
-    from infini_cli.stream import feed
 
     dev = torch.device(device)  # another device only to try this function where no GPU is
     loaded = load_checkpoint(writer_path, dev, dtype=torch.bfloat16)  # CUDA's default dtype
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    text = "The committee met in the spring and decided to build a bridge. " * 80
-    ids = loaded.tokenizer.encode(text)[:prompt_tokens]
-    empty = lambda: StreamState.empty(loaded.config, device=dev, dtype=torch.bfloat16)  # noqa: E731
-    feed(loaded.model, empty(), ids[:32], logits="last")  # warm-up
-    prefills, decodes = [], []
-    for _ in range(reps):
-        sync()
-        t = time.perf_counter()
-        logits, state = feed(loaded.model, empty(), ids, logits="last")
-        sync()
-        prefills.append(time.perf_counter() - t)
-        tok = logits[0, -1].argmax().view(1)
-        t = time.perf_counter()
-        decoder = Decoder(loaded.model, state, reserve=decode_tokens)
-        for _ in range(decode_tokens):
-            tok = decoder.step(tok).argmax(-1)
-        sync()
-        decodes.append(time.perf_counter() - t)
+    ids = loaded.tokenizer.encode(SPEED_TEXT)[:prompt_tokens]
+    prefills, decodes = time_prefill_decode(
+        loaded, ids, decode_tokens, reps,
+        lambda: StreamState.empty(loaded.config, device=dev, dtype=torch.bfloat16), sync)
     prefill_tps = len(ids) / statistics.median(prefills)
     rate = matmul_rate(loaded.config, len(ids), dev, torch.bfloat16)["gflops"]
     flops = flops_per_token(loaded.config)["total"]
@@ -385,11 +385,10 @@ def bench_llamacpp(gguf: Path, threads: list[int], prompt_tokens: int = 512, dec
     from llama_cpp import Llama
 
     out = []
-    text = "The committee met in the spring and decided to build a bridge. " * 80
     for n in threads:
         llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=n, n_threads_batch=n, n_batch=512,
                     verbose=False)
-        ids = llm.tokenize(text.encode("utf-8"), add_bos=False)[:prompt_tokens]
+        ids = llm.tokenize(SPEED_TEXT.encode("utf-8"), add_bos=False)[:prompt_tokens]
         llm.eval(ids[:32])  # warm-up
         prefills, decodes = [], []
         for _ in range(reps):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .memory import StreamState, commit_segment, memory_read
-from .model import _SDPA_GQA, InfiniTransformer, RMSNorm, _rope_table, _swap_halves, apply_rope
+from .model import _SDPA_GQA, InfiniTransformer, _rope_table, _swap_halves, apply_rope
 
 
 class Decoder:
@@ -49,7 +49,6 @@ class Decoder:
         # sigmoid(gate) per layer and query head, computed once instead of every token
         self.gates = [torch.sigmoid(b.attn.gate.float()).to(self.dtype).view(1, -1, 1, 1) for b in model.layers]
         self._zero = torch.zeros(self.batch, cfg.n_heads, 1, cfg.head_dim, dtype=self.dtype, device=self.device)
-        self._fused_norm = self.dtype == torch.float32  # F.rms_norm equals RMSNorm in float32
 
     def _allocate(self, capacity: int) -> None:
         """Buffers for `capacity` positions of the segment, keeping what is filled: per layer
@@ -76,11 +75,6 @@ class Decoder:
                            [kv[:, :G, :n].clone() for kv in self.kv], [kv[:, G:, :n].clone() for kv in self.kv],
                            self.tokens_seen, self.segments_written)
 
-    def _norm(self, norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
-        if self._fused_norm:
-            return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)
-        return norm(x)
-
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B] (or [B, 1]) -> next-token logits [B, vocab]."""
@@ -96,7 +90,7 @@ class Decoder:
         h = self.model.embed(tokens.view(B, 1))
         for i, block in enumerate(self.model.layers):
             attn = block.attn
-            qkv = attn.wqkv(self._norm(block.attn_norm, h)).view(B, H + 2 * G, 1, D)  # one position
+            qkv = attn.wqkv(block.attn_norm(h)).view(B, H + 2 * G, 1, D)  # one position
             qk = qkv[:, :H + G]
             qk_rot = torch.addcmul(qk * cos, _swap_halves(qk), sin)  # apply_rope, its table row taken once
             kv, k_rot = self.kv[i], self.k_rot[i]
@@ -118,8 +112,8 @@ class Decoder:
                     mem = memory_read(q, self.M[i], self.z[i]).reshape(B, H, 1, D).to(local.dtype)
                 out = torch.lerp(local, mem, self.gates[i])
             h = h + attn.wo(out.reshape(B, 1, H * D))
-            gate, up = block.ffn.w13(self._norm(block.ffn_norm, h)).chunk(2, dim=-1)
+            gate, up = block.ffn.w13(block.ffn_norm(h)).chunk(2, dim=-1)
             h = h + block.ffn.w2(F.silu(gate) * up)
         self.length += 1
         self.tokens_seen += 1
-        return self.model.lm_head(self._norm(self.model.norm, h))[:, 0]
+        return self.model.lm_head(self.model.norm(h))[:, 0]

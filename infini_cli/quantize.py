@@ -159,6 +159,40 @@ def prompt_dtype() -> torch.dtype:
     return torch.bfloat16 if any(getattr(torch.cpu, f, lambda: False)() for f in native) else torch.float32
 
 
+class _DecodeLinear(torch.nn.Module):
+    """A bias-free linear layer with low-bit weights: a few rows (decoding) go through the
+    layer's kernel (`_kernel`, bfloat16 activations), a prompt through weights made from its
+    codes (`dequantized`) in prompt_dtype()."""
+
+    in_features: int
+    out_features: int
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _kernel(self, rows: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        rows = x.reshape(-1, shape[-1])
+        if rows.shape[0] >= DEQUANTIZE_ROWS:  # a prompt: weights made for this product
+            dt = prompt_dtype()
+            return F.linear(x.to(dt), self.dequantized(dt)).to(x.dtype)
+        return self._kernel(rows).to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+
+def _swap_linears(model: torch.nn.Module, make) -> None:
+    """Replace every bias-free nn.Linear of `model`, in place, by make(linear)."""
+    dev = next(model.parameters()).device
+    if not int8_kernel_available(dev):
+        raise RuntimeError(f"this torch ({torch.__version__}) has no weight-only int8 kernel on {dev}")
+    for child in list(model.modules()):
+        for attr, sub in list(child.named_children()):
+            if isinstance(sub, torch.nn.Linear) and sub.bias is None:
+                setattr(child, attr, make(sub))
+
+
 def int8_kernel_available(device: torch.device | str = "cpu") -> bool:
     """Whether this torch has a working weight-only int8 matmul on `device`."""
     op = getattr(torch.ops.aten, "_weight_int8pack_mm", None)
@@ -173,7 +207,7 @@ def int8_kernel_available(device: torch.device | str = "cpu") -> bool:
         return False
 
 
-class Int8Linear(torch.nn.Module):
+class Int8Linear(_DecodeLinear):
     """A bias-free linear layer with int8 per-output-channel weights and torch's int8 kernel."""
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, act_dtype: torch.dtype = torch.bfloat16) -> None:
@@ -190,14 +224,11 @@ class Int8Linear(torch.nn.Module):
         q, scale = quantize_int8(lin.weight.detach())
         return cls(q.to(lin.weight.device), scale.to(lin.weight.device), act_dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        rows = x.reshape(-1, shape[-1])
-        if rows.shape[0] >= DEQUANTIZE_ROWS:  # a prompt: float weights, made for this product
-            dt = prompt_dtype()
-            return F.linear(x.to(dt), self.weight_int8.to(dt) * self.scale.to(dt)[:, None]).to(x.dtype)
-        y = torch.ops.aten._weight_int8pack_mm(rows.to(self.act_dtype), self.weight_int8, self.scale)
-        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.weight_int8.to(dtype) * self.scale.to(dtype)[:, None]
+
+    def _kernel(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int8pack_mm(rows.to(self.act_dtype), self.weight_int8, self.scale)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8, act={self.act_dtype}"
@@ -210,13 +241,7 @@ def use_int8_linears(model: torch.nn.Module, act_dtype: torch.dtype = torch.bflo
     (the row's largest weight maps to 127 again), so nothing is lost a second time. A tied
     lm_head keeps sharing nothing with the embedding afterwards, which is fine for inference.
     """
-    dev = next(model.parameters()).device
-    if not int8_kernel_available(dev):
-        raise RuntimeError(f"this torch ({torch.__version__}) has no weight-only int8 kernel on {dev}")
-    for child in list(model.modules()):
-        for attr, sub in list(child.named_children()):
-            if isinstance(sub, torch.nn.Linear) and sub.bias is None:
-                setattr(child, attr, Int8Linear.from_linear(sub, act_dtype))
+    _swap_linears(model, lambda lin: Int8Linear.from_linear(lin, act_dtype))
     return model
 
 
@@ -241,7 +266,7 @@ def int4_kernel_available(device: torch.device | str = "cpu") -> bool:
         return False
 
 
-class Int4Linear(torch.nn.Module):
+class Int4Linear(_DecodeLinear):
     """A bias-free linear layer with group-wise int4 weights (float offsets) and torch's kernel."""
 
     def __init__(self, packed: torch.Tensor, scale_offset: torch.Tensor, codes: torch.Tensor, group_size: int,
@@ -298,15 +323,9 @@ class Int4Linear(torch.nn.Module):
         """The kernel's shape limits: input a multiple of the group, output of 16."""
         return lin.bias is None and lin.in_features % group_size == 0 and lin.out_features % 16 == 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        rows = x.reshape(-1, shape[-1])
-        if rows.shape[0] >= DEQUANTIZE_ROWS:  # a prompt: float weights, made for this product
-            dt = prompt_dtype()
-            return F.linear(x.to(dt), self.dequantized(dt)).to(x.dtype)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.to(torch.bfloat16), self.weight_int4,
-                                                       self.group_size, self.scale_offset)
-        return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+    def _kernel(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(rows.to(torch.bfloat16), self.weight_int4,
+                                                          self.group_size, self.scale_offset)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4-g{self.group_size}"
@@ -327,22 +346,16 @@ INT4_GROUP_SIZE = 32
 def use_decode_kernels(model: torch.nn.Module, act_dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
     """Swap every bias-free nn.Linear for Int4Linear where that loses nothing (above) and the
     int4 kernel exists, else for Int8Linear; in place. Returns how many layers took each."""
-    dev = next(model.parameters()).device
-    if not int8_kernel_available(dev):
-        raise RuntimeError(f"this torch ({torch.__version__}) has no weight-only int8 kernel on {dev}")
-    int4 = int4_kernel_available(dev)
+    int4 = int4_kernel_available(next(model.parameters()).device)
     counts = {"int4": 0, "int8": 0}
-    for child in list(model.modules()):
-        for attr, sub in list(child.named_children()):
-            if not (isinstance(sub, torch.nn.Linear) and sub.bias is None):
-                continue
-            layer: torch.nn.Module
-            if (int4 and Int4Linear.fits(sub, INT4_GROUP_SIZE)
-                    and Int4Linear.grid_error(sub.weight, INT4_GROUP_SIZE) <= INT4_MAX_ERROR):
-                layer = Int4Linear.from_weight(sub.weight, INT4_GROUP_SIZE)
-                counts["int4"] += 1
-            else:
-                layer = Int8Linear.from_linear(sub, act_dtype)
-                counts["int8"] += 1
-            setattr(child, attr, layer)
+
+    def make(lin: torch.nn.Linear) -> _DecodeLinear:
+        if (int4 and Int4Linear.fits(lin, INT4_GROUP_SIZE)
+                and Int4Linear.grid_error(lin.weight, INT4_GROUP_SIZE) <= INT4_MAX_ERROR):
+            counts["int4"] += 1
+            return Int4Linear.from_weight(lin.weight, INT4_GROUP_SIZE)
+        counts["int8"] += 1
+        return Int8Linear.from_linear(lin, act_dtype)
+
+    _swap_linears(model, make)
     return counts

@@ -228,9 +228,10 @@ def generate(
     decoder = Decoder(model, state, use_memory, reserve=max_new_tokens)
     del state, logits  # the decoder holds the stream now
     device = last.device
+    bias = logit_bias.to(device) if logit_bias is not None else None  # once, not every token
     out: list[int] = []
     for _ in range(max_new_tokens):
-        step = last if logit_bias is None else last.float() + logit_bias.to(device)
+        step = last if bias is None else last.float() + bias
         tok = sample_next(step, sampling, gen)
         out.append(tok)
         yield tok
