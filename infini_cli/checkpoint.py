@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import ModelConfig
-from .model import InfiniTransformer, fuse_legacy_projections
+from .model import LEGACY_PROJECTIONS, InfiniTransformer, fuse_legacy_projections
 from .quantize import QuantScheme, dequantize_tensors, quantize_state_dict
 from .tokenizer import TextTokenizer
 
@@ -255,6 +255,10 @@ def read_tensors(path: Union[str, Path]) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{p}: cannot read tensors ({str(e).splitlines()[0]}); the file is corrupt, re-export it") from None
 
 
+# weight names of files written before the projections were fused (wq.weight, w1.weight, ...)
+LEGACY_NAMES = tuple(f".{part}" for parts in LEGACY_PROJECTIONS.values() for part in parts)
+
+
 def load_checkpoint(path: Union[str, Path], device: Union[str, torch.device] = "cpu",
                     dtype: Optional[torch.dtype] = None, kernels: str = "float") -> LoadedModel:
     """Load a checkpoint for inference: model built on the meta device, then weights assigned.
@@ -271,7 +275,17 @@ def load_checkpoint(path: Union[str, Path], device: Union[str, torch.device] = "
     if dtype is None:
         dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     stored = read_tensors(header.path)
-    sd = fuse_legacy_projections(dequantize_tensors(stored, dtype))
+    # With decode kernels, a quantized layer's float weight is made from its codes only when
+    # its kernel is built, one layer at a time (quantize's weight_of): the float model never
+    # exists whole (the writer's would be 540 MB). Files from before the fused projections
+    # (separate wq/wk/wv) are made whole first, as with float kernels.
+    coded = set()
+    if kernels != "float" and not any(n.endswith(LEGACY_NAMES) for n in stored):
+        coded = {n for n in stored if n.endswith(".weight") and n[:-6] + "scale" in stored}
+    sd = fuse_legacy_projections(dequantize_tensors({k: v for k, v in stored.items() if k not in coded}, dtype))
+    for n in coded:
+        rows, cols = stored[n].shape
+        sd[n] = torch.empty(rows, cols * 2 if n[:-6] + "zero" in stored else cols, dtype=dtype, device="meta")
     if header.config.tie_embeddings:
         sd["lm_head.weight"] = sd["embed.weight"]
     with torch.device("meta"):
@@ -282,21 +296,30 @@ def load_checkpoint(path: Union[str, Path], device: Union[str, torch.device] = "
         what = f"missing {sorted(missing)[:3]}" if missing else f"unexpected {sorted(unexpected)[:3]}"
         raise CheckpointError(f"{header.path}: tensors do not match the config ({what}); re-export the checkpoint")
     try:
-        model.load_state_dict({k: v.to(dev) for k, v in sd.items()}, assign=True, strict=True)
+        model.load_state_dict({k: v if v.is_meta else v.to(dev) for k, v in sd.items()}, assign=True, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{header.path}: tensor shapes do not match the config ({str(e).splitlines()[-1].strip()})") from None
     if header.config.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     model.eval()
-    del stored, sd  # the model holds the only float weights now: each is freed as its layer is swapped
+    del sd  # the model holds the only float weights now: each is freed as its layer is swapped
+
+    def weight_of(name: str, lin: torch.nn.Linear) -> torch.Tensor:
+        if not lin.weight.is_meta:
+            return lin.weight
+        key = name + ".weight"
+        parts = {k: stored[k] for k in (key, name + ".scale", name + ".zero") if k in stored}
+        return dequantize_tensors(parts, dtype)[key].to(dev)
+
     if kernels == "int8":
         from .quantize import use_int8_linears
 
-        use_int8_linears(model)
+        use_int8_linears(model, weight_of=weight_of)
     elif kernels == "int4":
         from .quantize import use_decode_kernels
 
-        use_decode_kernels(model)
+        use_decode_kernels(model, weight_of=weight_of)
+    del stored
     try:
         chat = header.chat
         tok = TextTokenizer.from_json(header.tokenizer_json, eos_token=chat.get("eos_token"),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -182,15 +182,22 @@ class _DecodeLinear(torch.nn.Module):
         return self._kernel(rows).to(x.dtype).reshape(*shape[:-1], self.out_features)
 
 
-def _swap_linears(model: torch.nn.Module, make) -> None:
-    """Replace every bias-free nn.Linear of `model`, in place, by make(linear)."""
+WeightOf = Callable[[str, torch.nn.Linear], torch.Tensor]
+
+
+def _weight(name: str, lin: torch.nn.Linear) -> torch.Tensor:
+    return lin.weight
+
+
+def _swap_linears(model: torch.nn.Module, make: Callable[[str, torch.nn.Linear], torch.nn.Module]) -> None:
+    """Replace every bias-free nn.Linear of `model`, in place, by make(qualified name, linear)."""
     dev = next(model.parameters()).device
     if not int8_kernel_available(dev):
         raise RuntimeError(f"this torch ({torch.__version__}) has no weight-only int8 kernel on {dev}")
-    for child in list(model.modules()):
+    for prefix, child in list(model.named_modules()):
         for attr, sub in list(child.named_children()):
             if isinstance(sub, torch.nn.Linear) and sub.bias is None:
-                setattr(child, attr, make(sub))
+                setattr(child, attr, make(f"{prefix}.{attr}" if prefix else attr, sub))
 
 
 def int8_kernel_available(device: torch.device | str = "cpu") -> bool:
@@ -218,11 +225,15 @@ class Int8Linear(_DecodeLinear):
         self.in_features, self.out_features = q.shape[1], q.shape[0]
 
     @classmethod
+    def from_weight(cls, w: torch.Tensor, act_dtype: torch.dtype = torch.bfloat16) -> "Int8Linear":
+        q, scale = quantize_int8(w.detach())
+        return cls(q.to(w.device), scale.to(w.device), act_dtype)
+
+    @classmethod
     def from_linear(cls, lin: torch.nn.Linear, act_dtype: torch.dtype = torch.bfloat16) -> "Int8Linear":
         if lin.bias is not None:
             raise ValueError("Int8Linear has no bias")
-        q, scale = quantize_int8(lin.weight.detach())
-        return cls(q.to(lin.weight.device), scale.to(lin.weight.device), act_dtype)
+        return cls.from_weight(lin.weight, act_dtype)
 
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.weight_int8.to(dtype) * self.scale.to(dtype)[:, None]
@@ -234,14 +245,17 @@ class Int8Linear(_DecodeLinear):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8, act={self.act_dtype}"
 
 
-def use_int8_linears(model: torch.nn.Module, act_dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
+def use_int8_linears(model: torch.nn.Module, act_dtype: torch.dtype = torch.bfloat16,
+                     weight_of: WeightOf = _weight) -> torch.nn.Module:
     """Swap every bias-free nn.Linear of `model` for an Int8Linear, in place; returns the model.
+    weight_of(name, linear) gives each layer's float weight (by default its own; a loader
+    can make it then, one layer at a time, for a model built on the meta device).
 
     Quantizing weights that were dequantized from an int8 checkpoint gives back the same codes
     (the row's largest weight maps to 127 again), so nothing is lost a second time. A tied
     lm_head keeps sharing nothing with the embedding afterwards, which is fine for inference.
     """
-    _swap_linears(model, lambda lin: Int8Linear.from_linear(lin, act_dtype))
+    _swap_linears(model, lambda name, lin: Int8Linear.from_weight(weight_of(name, lin), act_dtype))
     return model
 
 
@@ -343,19 +357,22 @@ INT4_MAX_ERROR = 0.03
 INT4_GROUP_SIZE = 32
 
 
-def use_decode_kernels(model: torch.nn.Module, act_dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
+def use_decode_kernels(model: torch.nn.Module, act_dtype: torch.dtype = torch.bfloat16,
+                       weight_of: WeightOf = _weight) -> dict[str, int]:
     """Swap every bias-free nn.Linear for Int4Linear where that loses nothing (above) and the
-    int4 kernel exists, else for Int8Linear; in place. Returns how many layers took each."""
+    int4 kernel exists, else for Int8Linear; in place (weight_of as in use_int8_linears).
+    Returns how many layers took each."""
     int4 = int4_kernel_available(next(model.parameters()).device)
     counts = {"int4": 0, "int8": 0}
 
-    def make(lin: torch.nn.Linear) -> _DecodeLinear:
+    def make(name: str, lin: torch.nn.Linear) -> _DecodeLinear:
+        w = weight_of(name, lin)
         if (int4 and Int4Linear.fits(lin, INT4_GROUP_SIZE)
-                and Int4Linear.grid_error(lin.weight, INT4_GROUP_SIZE) <= INT4_MAX_ERROR):
+                and Int4Linear.grid_error(w, INT4_GROUP_SIZE) <= INT4_MAX_ERROR):
             counts["int4"] += 1
-            return Int4Linear.from_weight(lin.weight, INT4_GROUP_SIZE)
+            return Int4Linear.from_weight(w, INT4_GROUP_SIZE)
         counts["int8"] += 1
-        return Int8Linear.from_linear(lin, act_dtype)
+        return Int8Linear.from_weight(w, act_dtype)
 
     _swap_linears(model, make)
     return counts

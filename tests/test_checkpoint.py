@@ -12,7 +12,7 @@ import torch
 
 from infini_cli.checkpoint import CheckpointError, load_checkpoint, read_header, save_checkpoint
 from infini_cli.memory import StreamState
-from infini_cli.quantize import QuantScheme
+from infini_cli.quantize import QuantScheme, int8_kernel_available
 from infini_cli.stream import feed
 
 
@@ -144,6 +144,26 @@ def test_decode_kernels_at_load_and_an_unknown_choice(tiny_checkpoint, tiny_mode
         load_checkpoint(tiny_checkpoint, kernels="int3")
 
 
+@pytest.mark.parametrize("bits,kernels", [(8, "int8"), (8, "int4"), (4, "int4")])
+def test_kernels_built_layer_by_layer_equal_those_of_the_float_model(tmp_path, tokenizer, tiny_model, bits, kernels):
+    """The loader makes each layer's float weight only when its kernel is built: the kernels
+    are the ones made from the whole float model, buffer for buffer."""
+    from infini_cli.quantize import int8_kernel_available, use_decode_kernels, use_int8_linears
+
+    if not int8_kernel_available():
+        pytest.skip("no weight-only int8 kernel in this torch")
+    path = tmp_path / "q.safetensors"
+    save_checkpoint(path, tiny_model, tokenizer, quant=QuantScheme(bits, 16 if bits == 4 else None))
+    want = load_checkpoint(path).model
+    (use_int8_linears if kernels == "int8" else use_decode_kernels)(want)
+    got = load_checkpoint(path, kernels=kernels).model
+    assert not any(t.is_meta for t in (*got.parameters(), *got.buffers()))
+    a, b = want.state_dict(), got.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 @pytest.mark.skipif(os.name != "posix", reason="permission bits are POSIX")
 def test_saved_checkpoint_has_a_new_files_mode(tmp_path, tiny_model, tokenizer):
     """Readable by others as any new file is under the umask (safetensors alone writes 0o600)."""
@@ -207,8 +227,8 @@ def test_configs_with_absurd_sizes_are_refused_before_allocating(tmp_path, tiny_
         read_header(bad)
 
 
-@pytest.mark.parametrize("bits", [None, 8])
-def test_checkpoints_with_separate_projections_still_load(tmp_path, tokenizer, tiny_model, bits):
+@pytest.mark.parametrize("bits,kernels", [(None, "float"), (8, "float"), (8, "int8")])
+def test_checkpoints_with_separate_projections_still_load(tmp_path, tokenizer, tiny_model, bits, kernels):
     """Files written before wq/wk/wv and w1/w3 were fused load into the fused model unchanged."""
     from infini_cli.checkpoint import save_tensors
     from infini_cli.quantize import quantize_state_dict
@@ -232,6 +252,8 @@ def test_checkpoints_with_separate_projections_still_load(tmp_path, tokenizer, t
     new = tmp_path / "fused.safetensors"
     save_checkpoint(new, tiny_model, tokenizer, quant=scheme)
     tokens = list(range(3, 3 + 2 * cfg.segment_len))
-    a, _ = feed(load_checkpoint(old).model, StreamState.empty(cfg), tokens)
-    b, _ = feed(load_checkpoint(new).model, StreamState.empty(cfg), tokens)
+    if kernels != "float" and not int8_kernel_available():
+        pytest.skip("no weight-only int8 kernel in this torch")
+    a, _ = feed(load_checkpoint(old, kernels=kernels).model, StreamState.empty(cfg), tokens)
+    b, _ = feed(load_checkpoint(new, kernels=kernels).model, StreamState.empty(cfg), tokens)
     assert torch.equal(a, b)
