@@ -1,0 +1,160 @@
+"""Can the writer's memory help? Train its gates on long book text, then measure.
+
+    # train (resumable: run it again to go on), then measure against local-only
+    python benchmarks/writer_memory.py train --out runs/writer-gates --steps 400
+    python benchmarks/writer_memory.py eval --gates runs/writer-gates/gates.safetensors \
+        --docs 12 --tokens 16384 --out benchmarks/results/smollm2/writer-memory.json
+
+eval reports, on the books/valid novels (never trained on), the perplexity of each segment of
+a 16K-token window streamed with the trained gates' memory against local-only (each segment
+alone, as the product's writer reads today), and the passkey beyond the writer's window
+(the key in the first segment, the question segments later) with both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from infini_cli.checkpoint import load_checkpoint  # noqa: E402
+from infini_cli.quantize import prompt_dtype  # noqa: E402
+from infini_cli.registry import resolve_model  # noqa: E402
+from infini_cli.tasks.passkey import run_cell  # noqa: E402
+from infini_cli.tasks.passkey_prompt import Haystack, PasskeyPromptBuilder  # noqa: E402
+from infini_cli.training.writer_memory import WriterMemoryConfig, apply_gates, segment_losses, train_gates  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "data" / "books"
+
+
+def load_writer(name: str):
+    path = resolve_model(Path(name))
+    return path, load_checkpoint(path, "cpu", kernels="float")
+
+
+def cmd_train(args) -> int:
+    if not any((SHARED / "train").glob("*.txt")):
+        print(f"skipped: no novels in {SHARED / 'train'}")
+        return 0
+    path, loaded = load_writer(args.writer)
+    cfg = WriterMemoryConfig(checkpoint=str(path), out_dir=str(args.out), data_dir=str(SHARED / "train"),
+                             steps=args.steps, doc_segments=args.doc_segments, gate_start=args.gate_start,
+                             lr=args.lr, seed=args.seed)
+    print(f"writer {path.name}: {cfg.steps} steps of one {loaded.config.segment_len}-token segment, "
+          f"documents of {cfg.doc_segments} segments; gates only", flush=True)
+    print(f"gates in {train_gates(loaded.model, loaded.tokenizer, cfg, log=lambda s: print(s, flush=True))}")
+    return 0
+
+
+def valid_windows(tok, n_docs: int, n_tokens: int) -> list[torch.Tensor]:
+    """One window per novel: n_tokens + 1 from a tenth of the way in (past the front matter)."""
+    out = []
+    for f in sorted((SHARED / "valid").glob("*.txt"))[:n_docs]:
+        text = f.read_text(encoding="utf-8", errors="replace")
+        start = len(text) // 10
+        ids = tok.encode(text[start:start + (n_tokens + 1) * 8])
+        if len(ids) > n_tokens:
+            out.append(torch.tensor([ids[:n_tokens + 1]]))
+    return out
+
+
+def perplexities(model, docs: list[torch.Tensor], use_memory: bool) -> list[float]:
+    """Mean loss of each segment position over the documents, as perplexities."""
+    per_doc = []
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prompt_dtype() == torch.bfloat16):
+        for d in docs:
+            per_doc.append(segment_losses(model, d, use_memory=use_memory))
+    return [math.exp(sum(col) / len(col)) for col in zip(*per_doc)]
+
+
+def passkey(loaded, lengths: list[int], depths: list[float], trials: int) -> dict:
+    builder = PasskeyPromptBuilder(loaded.tokenizer, Haystack.standard(loaded.tokenizer))
+    cells = {}
+    for n in lengths:
+        for d in depths:
+            rows = run_cell(loaded, builder, n, d, list(range(trials)), seed=0, device_name="cpu")
+            cells[f"{n}@{d:g}"] = {"correct": sum(r.correct for r in rows), "trials": len(rows),
+                                   "key_segment": rows[0].key_segment,
+                                   "question_segment": rows[0].key_segment + rows[0].memory_writes_between}
+    return cells
+
+
+def cmd_eval(args) -> int:
+    if not any((SHARED / "valid").glob("*.txt")):
+        print(f"skipped: no novels in {SHARED / 'valid'}")
+        return 0
+    path, loaded = load_writer(args.writer)
+    model, seg = loaded.model, loaded.config.segment_len
+    docs = valid_windows(loaded.tokenizer, args.docs, args.tokens)
+    lengths = [int(x) for x in args.passkey_lengths.split(",") if x]
+    depths = [float(x) for x in args.passkey_depths.split(",") if x]
+    t0 = time.perf_counter()
+    rows = {"local-only": {"perplexity": perplexities(model, docs, use_memory=False)}}
+    if lengths:
+        rows["local-only"]["passkey"] = passkey(loaded, lengths, depths, args.trials)
+    if args.gates:
+        apply_gates(model, args.gates)
+        rows["memory, trained gates"] = {"perplexity": perplexities(model, docs, use_memory=True),
+                                         "gates_mean": round(model.gates().mean().item(), 5),
+                                         "gates_max": round(model.gates().max().item(), 5)}
+        if lengths:
+            rows["memory, trained gates"]["passkey"] = passkey(loaded, lengths, depths, args.trials)
+    result = {"writer": str(path), "gates": str(args.gates) if args.gates else None, "segment_len": seg,
+              "docs": len(docs), "tokens_per_doc": args.tokens, "threads": torch.get_num_threads(),
+              "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
+    print(f"perplexity by segment ({len(docs)} books/valid windows of {args.tokens:,} tokens, segments of {seg}):")
+    for name, r in rows.items():
+        p = r["perplexity"]
+        after = sum(p[1:]) / max(1, len(p) - 1)
+        print(f"  {name:22} " + " ".join(f"{x:7.3f}" for x in p) + f"   segments 2+: {after:.3f}")
+        r["perplexity_after_first"] = round(after, 4)
+        r["perplexity"] = [round(x, 4) for x in p]
+        for cell, c in r.get("passkey", {}).items():
+            print(f"    passkey {cell}: {c['correct']}/{c['trials']} (key in segment {c['key_segment']}, "
+                  f"question in {c['question_segment']})")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--writer", default="smollm2", help="the writer's name or path")
+    ap.add_argument("--threads", type=int, default=None)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    tr = sub.add_parser("train", help="train the gates (resumes from --out)")
+    tr.add_argument("--out", type=Path, default=Path("runs/writer-gates"))
+    tr.add_argument("--steps", type=int, default=400)
+    tr.add_argument("--doc-segments", type=int, default=8)
+    tr.add_argument("--gate-start", type=float, default=-4.0)
+    tr.add_argument("--lr", type=float, default=0.05)
+    tr.add_argument("--seed", type=int, default=0)
+    ev = sub.add_parser("eval", help="perplexity and passkey: trained gates' memory against local-only")
+    ev.add_argument("--gates", type=Path, default=None, help="gates.safetensors from train (none: local-only rows)")
+    ev.add_argument("--docs", type=int, default=12)
+    ev.add_argument("--tokens", type=int, default=16384)
+    ev.add_argument("--passkey-lengths", default="1024,8192")
+    ev.add_argument("--passkey-depths", default="0,0.5")
+    ev.add_argument("--trials", type=int, default=5)
+    ev.add_argument("--out", type=Path, default=None, help="write the results JSON here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random.seed(0)
+    return cmd_train(args) if args.cmd == "train" else cmd_eval(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
