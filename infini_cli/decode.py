@@ -20,8 +20,26 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from typing import Callable
+
 from .memory import StreamState, commit_segment, memory_read
 from .model import _SDPA_GQA, InfiniTransformer, _rope_table, _swap_halves, apply_rope
+from .quantize import DEQUANTIZE_ROWS, _DecodeLinear
+
+Product = Callable[[torch.Tensor], torch.Tensor]
+
+
+def product_of(lin: torch.nn.Module, rows: int) -> Product:
+    """x [rows, in] -> lin(x), in x's dtype, with the fewest torch calls: a quantized layer's
+    kernel straight (its forward also reshapes and checks for a prompt: four calls more, 120
+    layers a token); a float layer's F.linear. The same numbers as lin(x)."""
+    if isinstance(lin, _DecodeLinear) and rows < DEQUANTIZE_ROWS:
+        kernel = lin._kernel
+        return lambda x: kernel(x).to(x.dtype)
+    if isinstance(lin, torch.nn.Linear) and lin.bias is None:
+        weight = lin.weight
+        return lambda x: F.linear(x, weight)
+    return lin
 
 
 class Decoder:
@@ -49,6 +67,10 @@ class Decoder:
         # sigmoid(gate) per layer and query head, computed once instead of every token
         self.gates = [torch.sigmoid(b.attn.gate.float()).to(self.dtype).view(1, -1, 1, 1) for b in model.layers]
         self._zero = torch.zeros(self.batch, cfg.n_heads, 1, cfg.head_dim, dtype=self.dtype, device=self.device)
+        B = self.batch
+        self.products = [tuple(product_of(m, B) for m in (b.attn.wqkv, b.attn.wo, b.ffn.w13, b.ffn.w2))
+                         for b in model.layers]
+        self.head = product_of(model.lm_head, B)
 
     def _allocate(self, capacity: int) -> None:
         """Buffers for `capacity` positions of the segment, keeping what is filled: per layer
@@ -87,10 +109,10 @@ class Decoder:
         B, H, G, D = self.batch, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         p = self.length
         cos, sin = self.cos[p], self.sin[p]
-        h = self.model.embed(tokens.view(B, 1))
+        h = self.model.embed(tokens.view(B))  # [B, d]: one position, no time axis
         for i, block in enumerate(self.model.layers):
-            attn = block.attn
-            qkv = attn.wqkv(block.attn_norm(h)).view(B, H + 2 * G, 1, D)  # one position
+            wqkv, wo, w13, w2 = self.products[i]
+            qkv = wqkv(block.attn_norm(h)).view(B, H + 2 * G, 1, D)
             qk = qkv[:, :H + G]
             qk_rot = torch.addcmul(qk * cos, _swap_halves(qk), sin)  # apply_rope, its table row taken once
             kv, k_rot = self.kv[i], self.k_rot[i]
@@ -111,9 +133,9 @@ class Decoder:
                     q = qk[:, :H].reshape(B, G, cfg.group_size, D)
                     mem = memory_read(q, self.M[i], self.z[i]).reshape(B, H, 1, D).to(local.dtype)
                 out = torch.lerp(local, mem, self.gates[i])
-            h = h + attn.wo(out.reshape(B, 1, H * D))
-            gate, up = block.ffn.w13(block.ffn_norm(h)).chunk(2, dim=-1)
-            h = h + block.ffn.w2(F.silu(gate) * up)
+            h = h + wo(out.view(B, H * D))
+            gate, up = w13(block.ffn_norm(h)).chunk(2, dim=-1)
+            h = h + w2(F.silu(gate) * up)
         self.length += 1
         self.tokens_seen += 1
-        return self.model.lm_head(self.model.norm(h))[:, 0]
+        return self.head(self.model.norm(h))

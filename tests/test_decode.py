@@ -44,6 +44,32 @@ def test_steps_equal_feeding_one_token_at_a_time_across_segments(name, use_memor
     assert ref.segments_written == 3
 
 
+@pytest.mark.parametrize("kernels", ["int8", "int4"])
+def test_steps_through_quantized_kernels_equal_their_layers_forward(kernels):
+    """The decoder calls the int8/int4 kernels straight: the numbers of the layers' own forward."""
+    from infini_cli.quantize import (dequantize_int4, int4_kernel_available, int8_kernel_available, quantize_int4,
+                                     use_decode_kernels, use_int8_linears)
+
+    if not int8_kernel_available() or (kernels == "int4" and not int4_kernel_available()):
+        pytest.skip(f"no weight-only {kernels} kernel in this torch")
+    cfg = dataclasses.replace(preset("tiny"), d_model=64, ffn_dim=128)  # the int4 kernel's group of 32
+    model = random_model(cfg, seed=4)
+    if kernels == "int8":
+        use_int8_linears(model)
+    else:
+        with torch.no_grad():  # weights on a 4-bit grid (as from a Q4 GGUF): the int4 kernel takes them
+            for m in model.modules():
+                if isinstance(m, torch.nn.Linear) and m is not model.lm_head:
+                    m.weight.copy_(dequantize_int4(*quantize_int4(m.weight, 32)))
+        assert use_decode_kernels(model)["int4"] == 4 * cfg.n_layers
+    toks = tokens_for(cfg, cfg.segment_len + 6)
+    _, ref = feed(model, StreamState.empty(cfg), toks[:5])
+    decoder = Decoder(model, ref, reserve=2)
+    for t in toks[5:]:
+        want, ref = feed(model, ref, [int(t)], logits="last")
+        assert torch.equal(decoder.step(t.view(1)), want[:, -1])
+
+
 def test_a_batch_of_streams_decodes_each_as_alone():
     cfg = preset("tiny-delta")
     model = random_model(cfg, seed=4)
