@@ -7,8 +7,10 @@
 
 eval reports, on the books/valid novels (never trained on), the perplexity of each segment of
 a 16K-token window streamed with the trained gates' memory against local-only (each segment
-alone, as the product's writer reads today), and the passkey beyond the writer's window
-(the key in the first segment, the question segments later) with both.
+alone, as the product's writer reads today) and against the trained gates with a memory that
+is never written (what the gates change without anything remembered: a gate also scales the
+local attention by 1 - g), and the passkey beyond the writer's window (the key in the first
+segment, the question segments later) with local-only and with memory.
 """
 
 from __future__ import annotations
@@ -68,12 +70,13 @@ def valid_windows(tok, n_docs: int, n_tokens: int) -> list[torch.Tensor]:
     return out
 
 
-def perplexities(model, docs: list[torch.Tensor], use_memory: bool) -> list[float]:
+def perplexities(model, docs: list[torch.Tensor], use_memory: bool, write: bool = True) -> list[float]:
     """Mean loss of each segment position over the documents, as perplexities."""
     per_doc = []
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prompt_dtype() == torch.bfloat16):
-        for d in docs:
-            per_doc.append(segment_losses(model, d, use_memory=use_memory))
+        for i, d in enumerate(docs):
+            per_doc.append(segment_losses(model, d, use_memory=use_memory, write=write))
+            print(f"  document {i + 1}/{len(docs)}", file=sys.stderr, flush=True)
     return [math.exp(sum(col) / len(col)) for col in zip(*per_doc)]
 
 
@@ -104,6 +107,8 @@ def cmd_eval(args) -> int:
         rows["local-only"]["passkey"] = passkey(loaded, lengths, depths, args.trials)
     if args.gates:
         apply_gates(model, args.gates)
+        # the control: the same gates mixing in an empty memory (nothing remembered) everywhere
+        rows["trained gates, memory never written"] = {"perplexity": perplexities(model, docs, True, write=False)}
         rows["memory, trained gates"] = {"perplexity": perplexities(model, docs, use_memory=True),
                                          "gates_mean": round(model.gates().mean().item(), 5),
                                          "gates_max": round(model.gates().max().item(), 5)}

@@ -54,6 +54,13 @@ def test_memory_changes_later_segments_only_through_the_gates(tokenizer):
             b.attn.gate.fill_(0.0)
     mixed = segment_losses(model, tokens)
     assert all(abs(a - b) > 1e-4 for a, b in zip(mixed[1:], local[1:]))
+    # never written, every segment reads an empty memory: each segment as the first one is
+    unwritten = segment_losses(model, tokens, write=False)
+    assert unwritten[0] == pytest.approx(mixed[0], rel=1e-6)
+    for i, loss in enumerate(unwritten):
+        alone = segment_losses(model, tokens[:, i * S:(i + 1) * S + 1])[0]
+        assert loss == pytest.approx(alone, rel=1e-5)
+    assert all(abs(a - b) > 1e-4 for a, b in zip(mixed[1:], unwritten[1:]))
 
 
 def test_bad_lengths_are_refused(tokenizer):

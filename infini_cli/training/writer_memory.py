@@ -94,7 +94,7 @@ def detached(state: StreamState) -> StreamState:
 
 
 def segment_losses(model: InfiniTransformer, tokens: torch.Tensor, use_memory: bool = True,
-                   on_segment: Optional[Callable[[torch.Tensor], None]] = None) -> list[float]:
+                   on_segment: Optional[Callable[[torch.Tensor], None]] = None, write: bool = True) -> list[float]:
     """Mean next-token loss of each segment of tokens [B, N] (N a multiple of segment_len, or
     one more so that the last segment's last token has a target too), streamed with memory
     written after each segment (or local-only). The last token of a segment predicts the next
@@ -102,6 +102,8 @@ def segment_losses(model: InfiniTransformer, tokens: torch.Tensor, use_memory: b
 
     on_segment(loss) is called with each segment's loss tensor while its graph is alive
     (training backpropagates there); without it the pass runs under inference_mode.
+    write=False never writes the memory (every segment reads an empty one): with use_memory,
+    what the gates do without anything remembered, the control for what the memory adds.
     """
     seg = model.config.segment_len
     B, N = tokens.shape
@@ -122,7 +124,7 @@ def segment_losses(model: InfiniTransformer, tokens: torch.Tensor, use_memory: b
             state = detached(state)
         losses.append(loss.item())
         with torch.inference_mode(not grad):
-            state = (commit_segment(state, model.config.memory_rule) if use_memory
+            state = (commit_segment(state, model.config.memory_rule) if use_memory and write
                      else StreamState.empty(model.config, B, tokens.device, torch.float32))
     return losses
 
