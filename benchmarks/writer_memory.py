@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -54,7 +53,11 @@ def cmd_train(args) -> int:
                              lr=args.lr, seed=args.seed)
     print(f"writer {path.name}: {cfg.steps} steps of one {loaded.config.segment_len}-token segment, "
           f"documents of {cfg.doc_segments} segments; gates only", flush=True)
-    print(f"gates in {train_gates(loaded.model, loaded.tokenizer, cfg, log=lambda s: print(s, flush=True))}")
+    try:
+        print(f"gates in {train_gates(loaded.model, loaded.tokenizer, cfg, log=lambda s: print(s, flush=True))}")
+    except KeyboardInterrupt:  # saved after every document: at most one document is lost
+        print(f"interrupted; run the same command again to resume from {cfg.out_dir}")
+        return 130
     return 0
 
 
@@ -157,7 +160,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    random.seed(0)
     return cmd_train(args) if args.cmd == "train" else cmd_eval(args)
 
 

@@ -17,10 +17,10 @@ to_state() hands the stream back.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
-
-from typing import Callable
 
 from .memory import StreamState, commit_segment, memory_read
 from .model import _SDPA_GQA, InfiniTransformer, _rope_table, _swap_halves, apply_rope

@@ -11,8 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from infini_cli.memory import StreamState
-from infini_cli.training.writer_memory import (WriterMemoryConfig, apply_gates, book_documents, save_gates,
-                                               segment_losses, train_gates)
+from infini_cli.training.writer_memory import (
+    WriterMemoryConfig,
+    apply_gates,
+    book_documents,
+    save_gates,
+    segment_losses,
+    train_gates,
+)
 from tests.conftest import random_model, tiny_config
 
 TEXT = ("It was a bright cold day in April, and the clocks were striking thirteen. "
@@ -80,11 +86,11 @@ def test_only_the_gates_learn_and_a_resumed_run_equals_an_unbroken_one(tmp_path,
     before = {k: v.clone() for k, v in whole.state_dict().items()}
     train_gates(whole, tokenizer, run(tmp_path, books, 4, "whole"), log=lambda s: None)
     after = whole.state_dict()
-    for k in before:
+    for k, was in before.items():
         if k.endswith("attn.gate"):
-            assert not torch.equal(before[k], after[k]), k
+            assert not torch.equal(was, after[k]), k
         else:
-            assert torch.equal(before[k], after[k]), k
+            assert torch.equal(was, after[k]), k
 
     parts = random_model(cfg, gate_std=0.0)
     train_gates(parts, tokenizer, run(tmp_path, books, 2, "parts"), log=lambda s: None)

@@ -39,7 +39,7 @@ class WriterMemoryConfig:
     checkpoint: str = ""                        # the converted writer (float or int8 file)
     out_dir: str = "runs/writer-gates"
     data_dir: str = "../shared/data/books/train"
-    steps: int = 240                            # optimizer steps, one segment each
+    steps: int = 400                            # optimizer steps, one segment each
     doc_segments: int = 8                       # segments per document (8 x 2,048 = 16K tokens)
     gate_start: float = -4.0                    # sigmoid 1.8%: near local-only, yet a gradient
     lr: float = 0.05
@@ -174,7 +174,8 @@ def train_gates(model: InfiniTransformer, tok: TextTokenizer, cfg: WriterMemoryC
             for g, t in zip(gates, saved["gates"]):
                 g.copy_(t)
         opt.load_state_dict(saved["opt"])
-        step, _ = saved["step"], rng.setstate(saved["rng"])
+        rng.setstate(saved["rng"])
+        step = saved["step"]
         log(f"resumed at step {step}")
     else:
         with torch.no_grad():
@@ -219,4 +220,5 @@ def train_gates(model: InfiniTransformer, tok: TextTokenizer, cfg: WriterMemoryC
             f"max {rec['gate_max']:.4f}; {rec['s_per_step']} s/step")
         save()
     logf.close()
+    model.eval()
     return out / "gates.safetensors"
