@@ -35,7 +35,7 @@ def test_steps_equal_feeding_one_token_at_a_time_across_segments(name, use_memor
     toks = tokens_for(cfg, 3 * S + 5)
     start = S // 2 + 3
     _, ref = feed(model, StreamState.empty(cfg), toks[:start], use_memory=use_memory)
-    decoder = Decoder(model, ref, use_memory, reserve=2)  # buffers must grow as it goes
+    decoder = Decoder(model, ref, use_memory, reserve=2, attention_dtype=torch.float32)  # buffers must grow
     for t in toks[start:]:
         want, ref = feed(model, ref, [int(t)], logits="last", use_memory=use_memory)
         got = decoder.step(t.view(1))
@@ -64,7 +64,7 @@ def test_steps_through_quantized_kernels_equal_their_layers_forward(kernels):
         assert use_decode_kernels(model)["int4"] == 4 * cfg.n_layers
     toks = tokens_for(cfg, cfg.segment_len + 6)
     _, ref = feed(model, StreamState.empty(cfg), toks[:5])
-    decoder = Decoder(model, ref, reserve=2)
+    decoder = Decoder(model, ref, reserve=2, attention_dtype=torch.float32)
     for t in toks[5:]:
         want, ref = feed(model, ref, [int(t)], logits="last")
         assert torch.equal(decoder.step(t.view(1)), want[:, -1])
@@ -96,8 +96,10 @@ def test_the_callers_state_is_not_modified_and_to_state_is_a_copy():
     assert snapshot.local_len == 10
 
 
-def test_generate_equals_greedy_recomputation_from_scratch():
-    """Each token generate yields is the argmax of a fresh forward over everything before it."""
+def test_generate_equals_greedy_recomputation_from_scratch(monkeypatch):
+    """Each token generate yields is the argmax of a fresh forward over everything before it
+    (attention in float32 as the forward's: bf16 attention may break a near tie)."""
+    monkeypatch.setattr("infini_cli.decode.attention_dtype_for", lambda dtype, device: dtype)
     cfg = dataclasses.replace(preset("tiny"), segment_len=64)
     model = random_model(cfg, seed=7)
     prompt = tokens_for(cfg, 20).tolist()
@@ -119,3 +121,33 @@ def test_a_bfloat16_model_decodes_in_bfloat16():
     got = Decoder(model, state).step(torch.tensor([7]))
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got, want[:, -1], rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("use_memory", [True, False])
+def test_attention_in_bfloat16_stays_close_to_the_float32_forward(use_memory):
+    """Where the CPU multiplies bf16 natively, a float32 model attends in bf16 when decoding
+    (its rotated keys and values kept in bf16, the state's in float32): logits within bf16's
+    rounding of the general forward, over segment boundaries; the state handed back exact."""
+    from infini_cli.decode import attention_dtype_for
+    from infini_cli.quantize import prompt_dtype
+
+    want_dtype = torch.bfloat16 if prompt_dtype() == torch.bfloat16 else torch.float32
+    assert attention_dtype_for(torch.float32, torch.device("cpu")) == want_dtype
+    assert attention_dtype_for(torch.bfloat16, torch.device("cpu")) == torch.bfloat16
+    cfg = preset("tiny-delta")
+    model = random_model(cfg, seed=2)
+    toks = tokens_for(cfg, 2 * cfg.segment_len + 4)
+    _, ref = feed(model, StreamState.empty(cfg), toks[:6], use_memory=use_memory)
+    decoder = Decoder(model, ref, use_memory, reserve=2, attention_dtype=torch.bfloat16)
+    for t in toks[6:]:
+        want, ref = feed(model, ref, [int(t)], logits="last", use_memory=use_memory)
+        got = decoder.step(t.view(1))
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want[:, -1], rtol=2e-2, atol=2e-2)
+    # the state's keys and values (and the memory written from them) are float32 and move
+    # only as far as the hidden states did
+    got_state = decoder.to_state()
+    assert got_state.local_len == ref.local_len and got_state.segments_written == ref.segments_written == 2
+    for x, y in zip(got_state.M + got_state.k_local + got_state.v_local, ref.M + ref.k_local + ref.v_local):
+        assert x.dtype == torch.float32
+        assert ((x - y).norm() / y.norm().clamp(min=1e-6)).item() < 2e-2
