@@ -10,9 +10,11 @@ current segment, plus the keys before RoPE for the state; a step rotates the new
 query and key together, writes its keys and value in place and attends over the filled
 part. A layer whose memory is still empty skips the read: it is exactly zero there.
 
-Same numbers as the general forward (tests compare logits and states); a full segment is
-written into memory exactly as stream.feed does. The caller's state is never modified;
-to_state() hands the stream back.
+Attending in the model's dtype, the same numbers as the general forward (tests compare
+logits and states); a float32 model on a CPU with native bf16 attends in bf16
+(attention_dtype_for), within bf16's rounding of it. A full segment is written into memory
+exactly as stream.feed does. The caller's state is never modified; to_state() hands the
+stream back.
 """
 
 from __future__ import annotations
