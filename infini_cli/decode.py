@@ -139,11 +139,12 @@ class Decoder:
             kv, k_rot = self.kv[i], self.k_rot[i]
             kv[:, :, p:p + 1] = qkv[:, H:]
             k_rot[:, :, p:p + 1] = qk_rot[:, H:]
+            k = k_rot[:, :, :p + 1]
             if self.v_att is None:
-                k, v, q_rot = k_rot[:, :, :p + 1], kv[:, G:, :p + 1], qk_rot[:, :H]
+                v, q_rot = kv[:, G:, :p + 1], qk_rot[:, :H]
             else:
                 self.v_att[i][:, :, p:p + 1] = qkv[:, H + G:]
-                k, v, q_rot = k_rot[:, :, :p + 1], self.v_att[i][:, :, :p + 1], qk_rot[:, :H].to(self.att_dtype)
+                v, q_rot = self.v_att[i][:, :, :p + 1], qk_rot[:, :H].to(self.att_dtype)
             if _SDPA_GQA and cfg.group_size > 1:
                 local = F.scaled_dot_product_attention(q_rot, k, v, enable_gqa=True)
             else:

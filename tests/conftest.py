@@ -47,6 +47,20 @@ def random_model(cfg: ModelConfig, seed: int = 0, gate_std: float = 1.0) -> Infi
     return model.eval()
 
 
+BOOK_TEXT = ("It was a bright cold day in April, and the clocks were striking thirteen. "
+             "Winston Smith slipped quickly through the glass doors of Victory Mansions. ") * 40
+
+
+@pytest.fixture
+def books(tmp_path) -> Path:
+    """A folder of two small training books."""
+    d = tmp_path / "books"
+    d.mkdir()
+    for i in range(2):
+        (d / f"book{i}.txt").write_text(BOOK_TEXT + f"The end of book {i}.\n")
+    return d
+
+
 @pytest.fixture
 def tiny_model(tokenizer) -> InfiniTransformer:
     return random_model(tiny_config(tokenizer))

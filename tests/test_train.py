@@ -14,17 +14,6 @@ from infini_cli.training.train import TrainConfig, build_optimizer, lr_at, train
 from infini_cli.model import InfiniTransformer
 from infini_cli.config import preset
 
-TEXT = ("It was a bright cold day in April, and the clocks were striking thirteen. "
-        "Winston Smith slipped quickly through the glass doors of Victory Mansions. ") * 40
-
-
-@pytest.fixture
-def books(tmp_path):
-    d = tmp_path / "books"
-    d.mkdir()
-    for i in range(2):
-        (d / f"book{i}.txt").write_text(TEXT + f"The end of book {i}.\n")
-    return d
 
 
 def tiny_run(tmp_path, books, steps, name="run"):

@@ -21,18 +21,6 @@ from infini_cli.training.writer_memory import (
 )
 from tests.conftest import random_model, tiny_config
 
-TEXT = ("It was a bright cold day in April, and the clocks were striking thirteen. "
-        "Winston Smith slipped quickly through the glass doors of Victory Mansions. ") * 30
-
-
-@pytest.fixture
-def books(tmp_path):
-    d = tmp_path / "books"
-    d.mkdir()
-    for i in range(2):
-        (d / f"book{i}.txt").write_text(f"Book {i}. " + TEXT)
-    return d
-
 
 def test_local_only_losses_are_each_segment_on_its_own(tokenizer):
     model = random_model(tiny_config(tokenizer))

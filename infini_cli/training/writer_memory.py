@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -32,6 +31,9 @@ from ..memory import StreamState, commit_segment
 from ..model import InfiniTransformer
 from ..quantize import prompt_dtype
 from ..tokenizer import TextTokenizer
+from .train import cosine_lr
+
+MIN_LR_RATIO = 0.1  # the learning rate decays to a tenth of cfg.lr
 
 
 @dataclass
@@ -87,12 +89,6 @@ def apply_gates(model: InfiniTransformer, path: Path) -> None:
             g.copy_(t.to(g.dtype))
 
 
-def detached(state: StreamState) -> StreamState:
-    return StreamState([m.detach() for m in state.M], [z.detach() for z in state.z],
-                       [k.detach() for k in state.k_local], [v.detach() for v in state.v_local],
-                       state.tokens_seen, state.segments_written)
-
-
 def segment_losses(model: InfiniTransformer, tokens: torch.Tensor, use_memory: bool = True,
                    on_segment: Optional[Callable[[torch.Tensor], None]] = None, write: bool = True) -> list[float]:
     """Mean next-token loss of each segment of tokens [B, N] (N a multiple of segment_len, or
@@ -121,7 +117,7 @@ def segment_losses(model: InfiniTransformer, tokens: torch.Tensor, use_memory: b
             loss = F.cross_entropy(model.hidden_to_logits(h).flatten(0, 1).float(), target.flatten())
         if grad:
             on_segment(loss)
-            state = detached(state)
+            state = state.detach()
         losses.append(loss.item())
         with torch.inference_mode(not grad):
             state = (commit_segment(state, model.config.memory_rule) if use_memory and write
@@ -148,13 +144,6 @@ def book_documents(paths: list[Path], tok: TextTokenizer, n_tokens: int, rng: ra
         misses += 1
         if misses > 8 * len(paths):
             raise ValueError(f"no book in {paths[0].parent} holds a window of {n_tokens} tokens")
-
-
-def lr_at(step: int, cfg: WriterMemoryConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
 def train_gates(model: InfiniTransformer, tok: TextTokenizer, cfg: WriterMemoryConfig,
@@ -203,7 +192,7 @@ def train_gates(model: InfiniTransformer, tok: TextTokenizer, cfg: WriterMemoryC
         def on_segment(loss: torch.Tensor) -> None:
             nonlocal step
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
+                group["lr"] = cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps, MIN_LR_RATIO)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
