@@ -102,20 +102,27 @@ def best(metric, prediction: str, golds: list[str]) -> float:
 
 # ----------------------------------------------------------------------------- ask
 
-def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_questions: int) -> dict:
+def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_questions: int,
+              offset: int = 0) -> dict:
     from bench_quality import read_text
 
     from infini_cli.tasks.ask import HOP_PASSAGES, WRITER_PASSAGES, write_answer, writer_evidence
-    from infini_cli.tasks.ask_scoring import AskPool, AskWeights, QuestionScorer, second_hop
+    from infini_cli.tasks.ask_scoring import AskPool, AskWeights, QuestionScorer, second_hop, unmentioned_words
     from infini_cli.tasks.writer import NOT_IN_DOCUMENT
 
     articles = json.loads((data_dir / "squad" / "dev-v1.1.json").read_text())["data"]
     step = max(1, len(articles) // n_articles)
-    picked = list(range(0, len(articles), step))[:n_articles]
+    picked = list(range(offset, len(articles), step))[:n_articles]
     tot = Counter()
     examples = []
     t0 = time.perf_counter()
     said_absent = lambda text: NOT_IN_DOCUMENT.lower().rstrip(".") in text.lower()  # noqa: E731
+
+    def answer_of(rd, ev, q):
+        """What `infini ask` answers: nothing written where the document lacks the question's words."""
+        if not ev or unmentioned_words(q, rd.index.stats) is not None:
+            return NOT_IN_DOCUMENT
+        return write_answer(writer, ev, q)
 
     def evidence_of(rd, ps, q):
         """What `infini ask` gives the writer: the best evidence and its second hop."""
@@ -140,7 +147,7 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
         for qa in qas:
             q, golds = qa["question"], [a["text"] for a in qa["answers"]]
             ev = evidence_of(rd, ps, q)
-            written = write_answer(writer, ev, q) if ev else NOT_IN_DOCUMENT
+            written = answer_of(rd, ev, q)
             extractive = ev[0].text if ev else ""
             tot["n"] += 1
             tot["written_em"] += best(exact_match, written, golds)
@@ -153,7 +160,7 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
             # the same question of another article: the answer should be absent there
             ord_, ops = doc(other)
             oev = evidence_of(ord_, ops, q)
-            wrong_doc = write_answer(writer, oev, q) if oev else NOT_IN_DOCUMENT
+            wrong_doc = answer_of(ord_, oev, q)
             holds_there = any(normalize_answer(g) in normalize_answer(" ".join(p.text for p in oev)) for g in golds)
             if not holds_there:
                 tot["absent_n"] += 1
@@ -474,9 +481,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="summarize: the writer's logit bias towards each section's words (default: the product's)")
     ap.add_argument("--ask-words-factor", type=float, default=None,
                     help="summarize: words asked of the writer per section / its share (default: the product's)")
+    ap.add_argument("--no-repeat-ngram", type=int, default=None,
+                    help="ask and summarize: no generated n-gram twice (default: the product's; 0: off)")
+    ap.add_argument("--article-offset", type=int, default=0,
+                    help="ask: start the article sample here (tuning on articles the reported sample skips)")
     ap.add_argument("--material", type=int, default=None,
                     help="summarize: source words per summary word (the product's MATERIAL); for tuning on dev")
     args = ap.parse_args(argv)
+    from infini_cli.tasks import ask as ask_task
     from infini_cli.tasks import summarize as summarize_task
 
     if args.section_words:
@@ -487,6 +499,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         summarize_task.SUMMARY_COPY_BIAS = args.summary_bias
     if args.ask_words_factor is not None:
         summarize_task.ASK_WORDS_FACTOR = args.ask_words_factor
+    if args.no_repeat_ngram is not None:
+        summarize_task.SUMMARY_NO_REPEAT_NGRAM = ask_task.NO_REPEAT_NGRAM = args.no_repeat_ngram
 
     from infini_cli.checkpoint import load_checkpoint
     from infini_cli.errors import InputError
@@ -509,14 +523,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     sections = args.sections.split(",")
     res: dict = {"writer": str(writer_path), "reader": args.reader, "threads": threads[0], "cpu": cpu_name(),
                  "section_words": summarize_task.SECTION_WORDS, "material": summarize_task.MATERIAL,
-                 "summary_bias": summarize_task.SUMMARY_COPY_BIAS, "ask_words_factor": summarize_task.ASK_WORDS_FACTOR}
+                 "summary_bias": summarize_task.SUMMARY_COPY_BIAS, "ask_words_factor": summarize_task.ASK_WORDS_FACTOR,
+                 "summary_no_repeat_ngram": summarize_task.SUMMARY_NO_REPEAT_NGRAM,
+                 "ask_no_repeat_ngram": ask_task.NO_REPEAT_NGRAM, "ask_article_offset": args.article_offset}
     if "ttft" in sections:  # first: a child's peak RSS counts this process's size when it started
         res["ttft"] = bench_ttft(args.data, args.workdir, threads, str(writer_path))
     if "ask" in sections or "summarize" in sections:
         reader = load_checkpoint(resolve_model(args.reader))
         writer = load_checkpoint(writer_path, kernels=decode_kernels_for(writer_path, torch.device("cpu")))
         if "ask" in sections:
-            res["ask"] = bench_ask(reader, writer, args.data, args.workdir, args.articles, args.questions)
+            res["ask"] = bench_ask(reader, writer, args.data, args.workdir, args.articles, args.questions,
+                                   args.article_offset)
         if "summarize" in sections:
             res["summarize"] = bench_summarize(reader, writer, args.data, args.workdir, args.stories, args.words,
                                                args.split)

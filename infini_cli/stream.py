@@ -193,6 +193,29 @@ def sample_next(logits: torch.Tensor, sampling: Sampling, gen: Optional[torch.Ge
     return int(torch.multinomial(probs.cpu(), 1, generator=gen).item())
 
 
+class NgramBan:
+    """Which next tokens would repeat an n-gram already generated (no_repeat_ngram_size, as
+    in BART's decoding): a small writer otherwise loops ("California, California, ...") or
+    echoes itself ("A story of a story."). Only the generated tokens count, not the prompt,
+    so copying names and phrases from the evidence stays free."""
+
+    def __init__(self, n: int) -> None:
+        if n < 2:
+            raise ValueError(f"an n-gram ban needs n >= 2, not {n}")
+        self.n = n
+        self.followers: dict[tuple[int, ...], set[int]] = {}
+
+    def add(self, out: Sequence[int]) -> None:
+        """Record the n-gram that out's last token completed."""
+        if len(out) >= self.n:
+            self.followers.setdefault(tuple(out[-self.n:-1]), set()).add(out[-1])
+
+    def banned(self, out: Sequence[int]) -> list[int]:
+        if len(out) < self.n - 1:
+            return []
+        return sorted(self.followers.get(tuple(out[len(out) - self.n + 1:]), ()))
+
+
 @torch.inference_mode()
 def generate(
     model: InfiniTransformer,
@@ -205,6 +228,7 @@ def generate(
     question_tokens: int = 0,
     answer_reserve: int = 0,
     logit_bias: Optional[torch.Tensor] = None,
+    no_repeat_ngram: int = 0,
 ) -> Iterator[int]:
     """Continue the stream: feed the prompt, then yield generated tokens one by one.
 
@@ -212,7 +236,8 @@ def generate(
     into memory, so decoding never runs past the trained positions. With question_tokens,
     the prompt's last question_tokens and answer_reserve new tokens are kept in one
     segment where they fit (start_segment_for). `logit_bias` [vocab] is added to every
-    step's logits (a writer leaning towards the words of its evidence). The caller's
+    step's logits (a writer leaning towards the words of its evidence). With no_repeat_ngram
+    n >= 2, no generated n-gram is generated twice (NgramBan). The caller's
     `state` is not modified (tensors are replaced, never written in place).
     """
     if not prompt:
@@ -229,11 +254,16 @@ def generate(
     del state, logits  # the decoder holds the stream now
     device = last.device
     bias = logit_bias.to(device) if logit_bias is not None else None  # once, not every token
+    ban = NgramBan(no_repeat_ngram) if no_repeat_ngram else None
     out: list[int] = []
     for _ in range(max_new_tokens):
         step = last if bias is None else last.float() + bias
+        if ban is not None and (banned := ban.banned(out)):
+            step = step.float().index_fill(0, torch.tensor(banned, device=device), float("-inf"))
         tok = sample_next(step, sampling, gen)
         out.append(tok)
+        if ban is not None:
+            ban.add(out)
         yield tok
         if stop is not None and stop(out):
             return

@@ -13,6 +13,7 @@ from infini_cli.tasks.ask import check_question, rank_passages
 from infini_cli.tasks.ask_scoring import AskPool, QuestionScorer, answer_type, has_answer_type
 from infini_cli.tasks.passages import DocumentIndex, Passage, SentenceFeed, passages_of_text
 from infini_cli.tasks.lexical import terms
+from infini_cli.tasks.writer import NOT_IN_DOCUMENT
 from tests.pdf_factory import make_pdf
 
 from .conftest import assert_one_line_error
@@ -221,7 +222,23 @@ def test_no_match_says_so(tmp_path, tiny_checkpoint):
     r = run("ask", p, "Xylophones?", "--model", tiny_checkpoint, "--json")
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    assert data["answer"] == "" and data["evidence"] == [] and data["warnings"]
+    assert data["answer"] == NOT_IN_DOCUMENT and not data["answered"] and data["evidence"] == []
+    assert data["unmentioned"] == ["xylophones"] and "xylophones" in data["warnings"][-1]
+
+
+def test_question_coverage_weighs_the_words_a_document_never_uses():
+    from infini_cli.tasks.ask_scoring import question_coverage, unmentioned_words
+
+    stats = index_of(passages_of_text(document())).stats
+    assert question_coverage("When was the bridge built?", stats) == (1.0, [])
+    assert question_coverage("Who?", stats) == (1.0, [])  # nothing to weigh: never "absent"
+    assert question_coverage("Xylophones and kazoos?", stats) == (0.0, ["xylophones", "kazoos"])
+    # one common word of the document ("river") does not save a question about something else
+    coverage, unused = question_coverage("Who painted the Mona Lisa near the river?", stats)
+    assert 0 < coverage < 0.4 and unused == ["painted", "mona", "lisa", "near"]
+    assert unmentioned_words("Who painted the Mona Lisa near the river?", stats) == unused
+    # one missing name among well-covered rare words: answered, the rest of it is there
+    assert unmentioned_words("When was the bridge built by Telford in Wales?", stats) is None
 
 
 def test_who_is_questions_prefer_a_defining_sentence():

@@ -64,6 +64,21 @@ def test_ask_with_a_writer_writes_from_the_evidence(tmp_path, writer_path):
     assert "Telford" in data["evidence"][0]["text"]
 
 
+def test_ask_says_absent_without_writing_when_the_document_lacks_the_questions_words(tmp_path, writer_path,
+                                                                                       monkeypatch):
+    def never(*a, **k):
+        raise AssertionError("the writer was asked")
+
+    monkeypatch.setattr("infini_cli.tasks.ask.write_answer", never)
+    doc = tmp_path / "d.txt"
+    doc.write_text(document())
+    r = runner.invoke(app, ["ask", str(doc), "Who painted the Mona Lisa?", "--model", str(writer_path), "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["mode"] == "written" and data["answer"] == "The document does not say." and not data["answered"]
+    assert data["unmentioned"] == ["painted", "mona", "lisa"]
+
+
 def test_summarize_with_a_writer_cites_where(tmp_path, writer_path):
     doc = tmp_path / "d.txt"
     doc.write_text(document(200, 100))

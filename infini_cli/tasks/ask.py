@@ -21,7 +21,7 @@ from ..checkpoint import LoadedModel
 from ..errors import InputError
 from ..memory import StreamState
 from ..readers import Document
-from .ask_scoring import AskPool, AskWeights, QuestionScorer, rank_for_question, second_hop
+from .ask_scoring import AskPool, AskWeights, QuestionScorer, rank_for_question, second_hop, unmentioned_words
 from .passages import DocumentIndex, Passage
 from .reading import generates_answers, read_or_load
 from .writer import NOT_IN_DOCUMENT, fit_passages, write
@@ -40,6 +40,7 @@ WRITER_ANSWER_TOKENS = 48
 # sample): token F1 19.0 without, 23.2 at 3, 26.5 at 6 with an instruction to answer in a few words
 # taken from the passages (32 tokens at most; the shipped wording and limit differ slightly).
 COPY_BIAS = 6.0
+NO_REPEAT_NGRAM = 0  # no n-gram of an answer twice (stream.NgramBan); 0: off
 ASK_SYSTEM = ("You answer questions about a document using only the numbered passages taken from it. "
               "Answer briefly, in a few words taken from the passages. If the passages do not contain the "
               f"answer, reply exactly: {NOT_IN_DOCUMENT}")
@@ -66,6 +67,7 @@ class AskResult:
     warnings: list[str] = field(default_factory=list)
     writer: Optional[str] = None
     second_hop: list[Passage] = field(default_factory=list)  # sentences one name away, the writer read them too
+    unmentioned: list[str] = field(default_factory=list)  # the question's words the document never uses
 
     @property
     def answered(self) -> bool:
@@ -75,7 +77,7 @@ class AskResult:
     def as_dict(self) -> dict:
         return {"question": self.question, "answer": self.answer, "mode": self.mode, "answered": self.answered,
                 "evidence": [p.evidence() for p in self.evidence],
-                "second_hop": [p.evidence() for p in self.second_hop], **self.facts,
+                "second_hop": [p.evidence() for p in self.second_hop], "unmentioned": self.unmentioned, **self.facts,
                 "writer": self.writer, "warnings": self.warnings}
 
 
@@ -101,7 +103,7 @@ def write_answer(writer: LoadedModel, evidence: list[Passage], question: str,
     texts = fit_passages(writer, [p.text for p in chosen], budget)  # a prefix, its last maybe cut
     texts = [t for _, t in sorted(zip((p.index for p in chosen), texts))]
     return write(writer, writer_messages(question, texts), max_tokens, on_text, sources=texts + [question],
-                 bias=COPY_BIAS if bias is None else bias)
+                 bias=COPY_BIAS if bias is None else bias, no_repeat_ngram=NO_REPEAT_NGRAM)
 
 
 def writer_evidence(ranked: list[Passage], hop: list[Passage]) -> list[Passage]:
@@ -172,6 +174,15 @@ def ask(
     ranked = rank_for_question(pool, read.index.stats, n_rank)
     evidence = ranked[:top_k]
     warnings = list(read.warnings)
+    unmentioned = unmentioned_words(question, read.index.stats)
+    if unmentioned is not None:  # the document cannot answer it: nothing is written or generated
+        if unmentioned:
+            warnings.append("the document never uses these words of the question: " + ", ".join(unmentioned))
+        if on_text is not None:
+            on_text(NOT_IN_DOCUMENT)
+        mode = WRITTEN if writer is not None else EXTRACTIVE if not generates_answers(loaded) else GENERATED
+        return AskResult(question, NOT_IN_DOCUMENT, mode, evidence, read.run_facts(loaded, started), warnings,
+                         writer=str(writer.header.path) if writer is not None else None, unmentioned=unmentioned)
     if writer is not None:
         mode = WRITTEN
         hop: list[Passage] = []

@@ -46,6 +46,7 @@ MAX_SECTIONS = 8
 # A logit bias towards the section's words (writer.copy_bias), as ask uses: on SQuALITY dev
 # (10 stories) ROUGE-L 17.21 without, 16.76 at +3; so none (bench_writer --summary-bias).
 SUMMARY_COPY_BIAS = 0.0
+SUMMARY_NO_REPEAT_NGRAM = 0  # no n-gram of a section's summary twice (stream.NgramBan); 0: off
 ASK_WORDS_FACTOR = 1.0  # words asked of the writer per section / its share of --words (cut to the share)
 SUMMARY_SYSTEM = ("You summarize passages taken in order from one document. Write a faithful summary in plain "
                   "prose, in your own words: who does what, and what happens. No lists, no headings, no "
@@ -191,7 +192,8 @@ def write_summary(writer: LoadedModel, chosen: list[Passage], budget: Budget,
                     {"role": "user", "content": "Passages:\n" + "\n".join(texts) + "\n\n" + ask}]
         if on_text is not None and i:
             on_text(" ")
-        text = _cut_to_words(_tidy(write(writer, messages, max_tokens, sources=texts, bias=SUMMARY_COPY_BIAS)), share)
+        text = _cut_to_words(_tidy(write(writer, messages, max_tokens, sources=texts, bias=SUMMARY_COPY_BIAS,
+                                          no_repeat_ngram=SUMMARY_NO_REPEAT_NGRAM)), share)
         if on_text is not None:
             on_text(text + f" [{_where_text(where)}]")
         parts.append({"summary": text, **where})

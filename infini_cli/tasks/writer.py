@@ -94,10 +94,11 @@ def copy_bias(loaded: LoadedModel, sources: list[str], strength: float) -> Optio
 
 def write(loaded: LoadedModel, messages: list[dict[str, str]], max_tokens: int,
           on_text: Optional[Callable[[str], None]] = None, sources: Optional[list[str]] = None,
-          bias: float = 0.0) -> str:
+          bias: float = 0.0, no_repeat_ngram: int = 0) -> str:
     """Greedy generation in a fresh stream; text is streamed to on_text as it is decided.
 
-    sources, bias: lean towards the tokens of these texts (see copy_bias)."""
+    sources, bias: lean towards the tokens of these texts (see copy_bias); no_repeat_ngram:
+    no n-gram of the answer twice (stream.NgramBan)."""
     from ..stream import generate
 
     tok = loaded.tokenizer
@@ -113,7 +114,7 @@ def write(loaded: LoadedModel, messages: list[dict[str, str]], max_tokens: int,
     logit_bias = copy_bias(loaded, sources or [], bias)
     if logit_bias is not None and tok.eos_id is not None:
         logit_bias[tok.eos_id] = bias  # ending is always allowed as much as copying
-    for t in generate(loaded.model, state, prompt, max_tokens, logit_bias=logit_bias,
+    for t in generate(loaded.model, state, prompt, max_tokens, logit_bias=logit_bias, no_repeat_ngram=no_repeat_ngram,
                       stop=lambda out: out[-1] == tok.eos_id or _repeats(out)):
         if t == tok.eos_id:
             break

@@ -1,0 +1,120 @@
+"""The writer's decoding step eager against torch.compile'd (inductor), side by side.
+
+    python benchmarks/bench_decode_compiled.py --out benchmarks/results/smollm2/decode-compiled.json
+
+What a compiled decode step would buy and cost: the seconds from the first call to the first
+token (tracing and code generation; inductor's on-disk cache starts empty unless --warm-cache),
+then greedy tokens/s after a prompt (a books/valid novel), medians of eager and compiled runs
+alternating in one process, and after how many tokens the two greedy outputs part. The product
+decodes eager; this measures whether compiling would close the gap to llama.cpp (README,
+"Speed").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from infini_cli.checkpoint import load_checkpoint  # noqa: E402
+from infini_cli.decode import Decoder  # noqa: E402
+from infini_cli.loading import decode_kernels_for  # noqa: E402
+from infini_cli.memory import StreamState  # noqa: E402
+from infini_cli.registry import resolve_model  # noqa: E402
+from infini_cli.stream import feed  # noqa: E402
+
+VALID = ROOT.parent / "shared" / "data" / "books" / "valid"
+
+
+def compiled_step():
+    """Decoder.step compiled once for every decoder (shapes dynamic: the segment fills a token
+    a step). Compiled under no_grad: inductor cannot trace inference_mode's tensors, so the
+    decoder's RoPE table (made under inference_mode by the prompt's forward) is copied first."""
+    raw = Decoder.step.__wrapped__  # the undecorated method (inference_mode wraps it)
+    fn = torch.compile(raw, dynamic=True)
+
+    def step(dec: Decoder, tok: torch.Tensor) -> torch.Tensor:
+        if not getattr(dec, "_tables_copied", False):
+            dec.cos, dec.sin, dec._tables_copied = dec.cos.clone(), dec.sin.clone(), True
+        with torch.no_grad():
+            return fn(dec, tok)
+
+    return step
+
+
+def greedy(dec: Decoder, first: int, tokens: int, step) -> tuple[float, list[int]]:
+    tok, out = torch.tensor([first]), []
+    t0 = time.perf_counter()
+    for _ in range(tokens):
+        tok = step(dec, tok).argmax(-1)
+        out.append(int(tok))
+    return tokens / (time.perf_counter() - t0), out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--writer", default="smollm2", help="the writer's name or path")
+    ap.add_argument("--prompt", type=int, default=512, help="prompt tokens before decoding")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--warm-cache", action="store_true", help="use inductor's on-disk cache as it is")
+    ap.add_argument("--out", type=Path, default=None, help="write the results JSON here")
+    args = ap.parse_args(argv)
+    books = sorted(VALID.glob("*.txt"))
+    if not books:
+        print(f"skipped: no novels in {VALID}")
+        return 0
+    if not args.warm_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
+    threads = [int(x) for x in args.threads.split(",")]
+    torch.set_num_threads(threads[0])
+    path = resolve_model(Path(args.writer))
+    loaded = load_checkpoint(path, kernels=decode_kernels_for(path, torch.device("cpu")))
+    ids = loaded.tokenizer.encode(books[0].read_text(encoding="utf-8", errors="replace")[30000:60000])[:args.prompt]
+    _, state = feed(loaded.model, StreamState.empty(loaded.config), ids, logits="last")
+    eager = lambda dec, tok: dec.step(tok)  # noqa: E731
+    step = compiled_step()
+    t0 = time.perf_counter()
+    step(Decoder(loaded.model, state), torch.tensor([ids[-1]]))
+    compile_s = time.perf_counter() - t0
+    print(f"first compiled step (tracing and compiling): {compile_s:.1f} s", flush=True)
+    rows = []
+    for n in threads:
+        torch.set_num_threads(n)
+        rates: dict[str, list[float]] = {"eager": [], "compiled": []}
+        outs: dict[str, list[int]] = {}
+        for _ in range(args.reps):
+            for name, fn in (("eager", eager), ("compiled", step)):
+                fn(Decoder(loaded.model, state), torch.tensor([ids[-1]]))  # warm
+                rate, outs[name] = greedy(Decoder(loaded.model, state), ids[-1], args.tokens, fn)
+                rates[name].append(rate)
+        same = next((i for i, (a, b) in enumerate(zip(outs["eager"], outs["compiled"])) if a != b), args.tokens)
+        row = {"threads": n, "equal_greedy_tokens": same,
+               **{f"{k}_tokens_per_s": round(statistics.median(v), 1) for k, v in rates.items()}}
+        print(f"threads {n}: eager {row['eager_tokens_per_s']:6.1f}  compiled {row['compiled_tokens_per_s']:6.1f} "
+              f"tokens/s; greedy outputs equal for {same}/{args.tokens}", flush=True)
+        rows.append(row)
+    result = {"writer": str(path), "torch": torch.__version__, "prompt_tokens": len(ids), "tokens": args.tokens,
+              "reps": args.reps, "inductor_cache": "warm" if args.warm_cache else "empty",
+              "first_compiled_step_s": round(compile_s, 1), "speed": rows}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
