@@ -118,11 +118,12 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
     t0 = time.perf_counter()
     said_absent = lambda text: NOT_IN_DOCUMENT.lower().rstrip(".") in text.lower()  # noqa: E731
 
-    def answer_of(rd, ev, q):
-        """What `infini ask` answers: nothing written where the document lacks the question's words."""
+    def answer_of(rd, ev, q, extractive=False):
+        """What `infini ask` answers, with the writer or without (the top evidence sentence):
+        "does not say" where the document lacks the question's words."""
         if not ev or unmentioned_words(q, rd.index.stats) is not None:
             return NOT_IN_DOCUMENT
-        return write_answer(writer, ev, q)
+        return ev[0].text if extractive else write_answer(writer, ev, q)
 
     def evidence_of(rd, ps, q):
         """What `infini ask` gives the writer: the best evidence and its second hop."""
@@ -148,7 +149,7 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
             q, golds = qa["question"], [a["text"] for a in qa["answers"]]
             ev = evidence_of(rd, ps, q)
             written = answer_of(rd, ev, q)
-            extractive = ev[0].text if ev else ""
+            extractive = answer_of(rd, ev, q, extractive=True)
             tot["n"] += 1
             tot["written_em"] += best(exact_match, written, golds)
             tot["written_f1"] += best(f1_score, written, golds)

@@ -164,3 +164,13 @@ def test_sections_are_even_and_a_leftover_joins_the_last_one(tiny_checkpoint):
     assert len(groups) == 3 and chosen[-1] in groups[-1] and len(groups[-1]) > 1  # not a section of its own
     groups = sections_of(loaded, chosen, 3, max_tokens=max(sizes.values()) * 2)
     assert all(sum(sizes[p.text] for p in g) <= max(sizes.values()) * 2 for g in groups)
+
+
+def test_a_written_part_ends_at_a_sentence_end_or_is_marked_cut():
+    from infini_cli.tasks.summarize import _cut_to_words
+
+    assert _cut_to_words("One two three four five. Six seven", 10) == "One two three four five."
+    assert _cut_to_words("One two three. Four five six seven", 10) == "One two three. Four five six seven …"
+    assert _cut_to_words('He said "go." Then he left.', 10) == 'He said "go." Then he left.'
+    assert _cut_to_words("A b c d e f. G h i j k l m", 8) == "A b c d e f."
+    assert _cut_to_words("A b c d e f g h i j", 4) == "A b c d …"

@@ -125,3 +125,24 @@ def test_a_writer_decodes_with_the_low_bit_kernels_and_a_reader_does_not(writer_
     assert r.exit_code == 0, r.output
     assert decode_kernels_for(int8, cpu) == "int4"
     assert decode_kernels_for(int8, torch.device("meta")) == "float"  # kernels are the CPU's
+
+
+def test_a_section_may_finish_its_sentence_with_words_earlier_sections_left(writer_path, monkeypatch):
+    """Each section is cut to its share of --words, plus what the sections before it left
+    unused: a long sentence after a short section is kept whole instead of cut with " …",
+    and the summary never exceeds the budget."""
+    from infini_cli.tasks import summarize as summarize_task
+    from infini_cli.tasks.passages import passages_of_text
+    from infini_cli.tasks.summary_scoring import Budget
+
+    replies = iter(["Short one.", " ".join(["long"] * 34) + ".", " ".join(["last"] * 40) + "."])
+    monkeypatch.setattr(summarize_task, "write", lambda *a, **k: next(replies))
+    chosen = passages_of_text(document(30, 15))
+    w = load_checkpoint(writer_path)
+    monkeypatch.setattr(summarize_task, "sections_of", lambda writer, ch, n: [ch[:10], ch[10:20], ch[20:]])
+    text, parts = summarize_task.write_summary(w, chosen, Budget(words=75))  # a share of 25 words
+    assert [p["summary"] for p in parts[:2]] == ["Short one.", " ".join(["long"] * 34) + "."]
+    # 25 words + the 14 left over allow 39 of the last 40-word sentence: cut, and the summary
+    # is exactly the budget
+    assert parts[2]["summary"] == " ".join(["last"] * 39) + " …"
+    assert len(text.replace(" …", "").split()) == 75
