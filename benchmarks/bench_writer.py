@@ -11,8 +11,12 @@ Sections:
   the writer's answer from the top-8 evidence (the product's path: tasks.ask.write_answer)
   and the extractive answer (the top evidence sentence), scored with SQuAD's exact match
   and token F1 (official normalisation; best over the gold answers). Absent answers: the
-  same questions asked of the next article, where the answer is not: how often the writer
-  says the document does not say (and how often it says so when the answer is there).
+  same questions asked of the next article, where the answer is not: how often ask says the
+  document does not say (and how often it says so when the answer is there). Each answer
+  also without ask's rule on the question's words (the writer alone). --article-offset
+  moves the sample (the rule and the settings were chosen with offset 3, reported with 0).
+- absent-rule: that rule at several thresholds on the same sample, from the reader's
+  statistics alone (no writer): absent answers caught, present ones turned away.
 - summarize: SQuALITY stories (--split, default test), 'What is the plot of the story?'
   references, ROUGE-1/2/L F1 (rouge_score, stemmed, best of the references) at --words words:
   the written summary, the extractive one, TextRank and lead (bench_quality's baselines).
@@ -102,38 +106,27 @@ def best(metric, prediction: str, golds: list[str]) -> float:
 
 # ----------------------------------------------------------------------------- ask
 
-def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_questions: int,
-              offset: int = 0) -> dict:
-    from bench_quality import read_text
+def evidence_of(rd, ps, q):
+    """What `infini ask` gives the writer: the best evidence and its second hop."""
+    from infini_cli.tasks.ask import HOP_PASSAGES, WRITER_PASSAGES, writer_evidence
+    from infini_cli.tasks.ask_scoring import AskPool, AskWeights, QuestionScorer, second_hop
 
-    from infini_cli.tasks.ask import HOP_PASSAGES, WRITER_PASSAGES, write_answer, writer_evidence
-    from infini_cli.tasks.ask_scoring import AskPool, AskWeights, QuestionScorer, second_hop, unmentioned_words
-    from infini_cli.tasks.writer import NOT_IN_DOCUMENT
+    pool = AskPool(QuestionScorer(q, AskWeights()))
+    for p in ps:
+        pool.add(p, rd.index.stats)
+    ranked = pool.ranked(rd.index.stats)[:WRITER_PASSAGES]
+    return writer_evidence(ranked, second_hop(q, ranked, ps, rd.index.stats, HOP_PASSAGES) if ranked else [])
+
+
+def squad_sample(reader, data_dir: Path, workdir: Path, n_articles: int, n_questions: int, offset: int):
+    """SQuAD-long: (article number, its first questions, the next article of the sample) for
+    evenly spread articles, and doc(article) -> (read, passages), each article read once."""
+    from bench_quality import read_text
 
     articles = json.loads((data_dir / "squad" / "dev-v1.1.json").read_text())["data"]
     step = max(1, len(articles) // n_articles)
     picked = list(range(offset, len(articles), step))[:n_articles]
-    tot = Counter()
-    examples = []
-    t0 = time.perf_counter()
-    said_absent = lambda text: NOT_IN_DOCUMENT.lower().rstrip(".") in text.lower()  # noqa: E731
-
-    def answer_of(rd, ev, q, extractive=False):
-        """What `infini ask` answers, with the writer or without (the top evidence sentence):
-        "does not say" where the document lacks the question's words."""
-        if not ev or unmentioned_words(q, rd.index.stats) is not None:
-            return NOT_IN_DOCUMENT
-        return ev[0].text if extractive else write_answer(writer, ev, q)
-
-    def evidence_of(rd, ps, q):
-        """What `infini ask` gives the writer: the best evidence and its second hop."""
-        pool = AskPool(QuestionScorer(q, AskWeights()))
-        for p in ps:
-            pool.add(p, rd.index.stats)
-        ranked = pool.ranked(rd.index.stats)[:WRITER_PASSAGES]
-        return writer_evidence(ranked, second_hop(q, ranked, ps, rd.index.stats, HOP_PASSAGES) if ranked else [])
-
-    docs = {}
+    docs: dict = {}
 
     def doc(ai):
         if ai not in docs:
@@ -141,46 +134,96 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
             docs[ai] = read_text(reader, text, workdir, f"squad-{ai}.txt")
         return docs[ai]
 
-    for k, ai in enumerate(picked):
-        qas = [qa for p in articles[ai]["paragraphs"] for qa in p["qas"]][:n_questions]
+    sample = [(ai, [qa for p in articles[ai]["paragraphs"] for qa in p["qas"]][:n_questions],
+               picked[(k + 1) % len(picked)]) for k, ai in enumerate(picked)]
+    return picked, sample, doc
+
+
+def holds(ev, golds: list[str]) -> bool:
+    return any(normalize_answer(g) in normalize_answer(" ".join(p.text for p in ev)) for g in golds)
+
+
+def bench_absent_rule(reader, data_dir: Path, workdir: Path, n_articles: int, n_questions: int, offset: int = 0,
+                      thresholds: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6)) -> dict:
+    """ask's rule on the question's words (ask_scoring.question_coverage) at several thresholds,
+    from the reader's statistics alone: the share of absent answers it catches (the question
+    asked of the next article, whose evidence does not hold the answer) and of present ones it
+    turns away."""
+    from infini_cli.tasks.ask_scoring import MIN_QUESTION_COVERAGE, question_coverage
+
+    picked, sample, doc = squad_sample(reader, data_dir, workdir, n_articles, n_questions, offset)
+    present: list[float] = []
+    absent: list[float] = []
+    for ai, qas, other in sample:
+        for qa in qas:
+            q, golds = qa["question"], [a["text"] for a in qa["answers"]]
+            present.append(question_coverage(q, doc(ai)[0].index.stats)[0])
+            ord_, ops = doc(other)
+            if not holds(evidence_of(ord_, ops, q), golds):
+                absent.append(question_coverage(q, ord_.index.stats)[0])
+    rows = [{"threshold": t, "absent_caught": round(sum(c < t for c in absent) / len(absent), 4),
+             "present_turned_away": round(sum(c < t for c in present) / len(present), 4)} for t in thresholds]
+    return {"articles": picked, "questions": len(present), "absent_questions": len(absent),
+            "shipped_threshold": MIN_QUESTION_COVERAGE, "rows": rows}
+
+
+def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_questions: int,
+              offset: int = 0) -> dict:
+    from infini_cli.tasks.ask import write_answer
+    from infini_cli.tasks.ask_scoring import unmentioned_words
+    from infini_cli.tasks.writer import NOT_IN_DOCUMENT
+
+    picked, sample, doc = squad_sample(reader, data_dir, workdir, n_articles, n_questions, offset)
+    tot = Counter()
+    examples = []
+    t0 = time.perf_counter()
+    said_absent = lambda text: NOT_IN_DOCUMENT.lower().rstrip(".") in text.lower()  # noqa: E731
+    systems = ("written", "written, without the absent rule", "extractive", "extractive, without the absent rule")
+
+    def answers_of(rd, ev, q) -> dict[str, str]:
+        """Every system's answer: as `infini ask` answers with the writer ("written") and without
+        it ("extractive", the top evidence sentence), "does not say" where the document lacks the
+        question's words (ask_scoring.unmentioned_words); and each without that rule."""
+        alone = {"written": write_answer(writer, ev, q) if ev else NOT_IN_DOCUMENT,
+                 "extractive": ev[0].text if ev else ""}
+        absent = not ev or unmentioned_words(q, rd.index.stats) is not None
+        return {**{k: NOT_IN_DOCUMENT if absent else v for k, v in alone.items()},
+                **{f"{k}, without the absent rule": v for k, v in alone.items()}}
+
+    for k, (ai, qas, other) in enumerate(sample):
         rd, ps = doc(ai)
-        other = picked[(k + 1) % len(picked)]
         for qa in qas:
             q, golds = qa["question"], [a["text"] for a in qa["answers"]]
             ev = evidence_of(rd, ps, q)
-            written = answer_of(rd, ev, q)
-            extractive = answer_of(rd, ev, q, extractive=True)
+            here = answers_of(rd, ev, q)
             tot["n"] += 1
-            tot["written_em"] += best(exact_match, written, golds)
-            tot["written_f1"] += best(f1_score, written, golds)
-            tot["extractive_em"] += best(exact_match, extractive, golds)
-            tot["extractive_f1"] += best(f1_score, extractive, golds)
-            tot["evidence_holds"] += any(normalize_answer(g) in normalize_answer(" ".join(p.text for p in ev))
-                                         for g in golds)
-            tot["absent_said_when_present"] += said_absent(written)
+            for system, answer in here.items():
+                tot[f"{system} em"] += best(exact_match, answer, golds)
+                tot[f"{system} f1"] += best(f1_score, answer, golds)
+                tot[f"{system} said absent when present"] += said_absent(answer)
+            tot["evidence_holds"] += holds(ev, golds)
             # the same question of another article: the answer should be absent there
             ord_, ops = doc(other)
             oev = evidence_of(ord_, ops, q)
-            wrong_doc = answer_of(ord_, oev, q)
-            holds_there = any(normalize_answer(g) in normalize_answer(" ".join(p.text for p in oev)) for g in golds)
-            if not holds_there:
+            there = answers_of(ord_, oev, q)
+            if not holds(oev, golds):
                 tot["absent_n"] += 1
-                tot["absent_said"] += said_absent(wrong_doc)
+                for system, answer in there.items():
+                    tot[f"{system} said absent when absent"] += said_absent(answer)
             if len(examples) < 12:
-                examples.append({"question": q, "gold": golds[0], "written": written, "extractive": extractive,
-                                 "other_document": wrong_doc})
+                examples.append({"question": q, "gold": golds[0], "written": here["written"],
+                                 "extractive": here["extractive"], "other_document": there["written"]})
         log(f"ask: article {k + 1}/{len(picked)}, {tot['n']} questions, written F1 "
-            f"{100 * tot['written_f1'] / tot['n']:.1f} vs extractive {100 * tot['extractive_f1'] / tot['n']:.1f}")
-    n = tot["n"]
+            f"{100 * tot['written f1'] / tot['n']:.1f} vs extractive {100 * tot['extractive f1'] / tot['n']:.1f}")
+    n, absent_n = tot["n"], tot["absent_n"]
     return {"articles": picked, "questions": n, "seconds": round(time.perf_counter() - t0, 1),
-            "rows": {"written (writer, its evidence and second hop)": {"em": round(100 * tot["written_em"] / n, 2),
-                                                           "f1": round(100 * tot["written_f1"] / n, 2)},
-                     "extractive (top evidence sentence)": {"em": round(100 * tot["extractive_em"] / n, 2),
-                                                            "f1": round(100 * tot["extractive_f1"] / n, 2)}},
+            "rows": {system: {"em": round(100 * tot[f"{system} em"] / n, 2), "f1": round(100 * tot[f"{system} f1"] / n, 2),
+                              "says_absent_when_present": round(tot[f"{system} said absent when present"] / n, 4),
+                              "says_absent_when_absent": round(tot[f"{system} said absent when absent"] / absent_n, 4)
+                              if absent_n else None}
+                     for system in systems},
             "evidence_holds_answer": round(tot["evidence_holds"] / n, 4),
-            "says_absent_when_absent": round(tot["absent_said"] / tot["absent_n"], 4) if tot["absent_n"] else None,
-            "absent_questions": tot["absent_n"],
-            "says_absent_when_present": round(tot["absent_said_when_present"] / n, 4),
+            "absent_questions": absent_n,
             "examples": examples}
 
 
@@ -425,11 +468,19 @@ def print_report(res: dict) -> None:
     if "ask" in res:
         a = res["ask"]
         print(f"\nask on SQuAD-long: {a['questions']} questions of {len(a['articles'])} articles")
-        print(f"{'answer':42} {'EM':>6} {'F1':>6}")
+        print(f"{'answer':38} {'EM':>6} {'F1':>6}  says 'does not say': when absent ({a['absent_questions']} q), "
+              f"when present")
         for k, v in a["rows"].items():
-            print(f"{k:42} {v['em']:6.2f} {v['f1']:6.2f}")
-        print(f"evidence holds the answer: {a['evidence_holds_answer']:.1%}; says 'does not say' when absent: "
-              f"{a['says_absent_when_absent']} ({a['absent_questions']} q), when present: {a['says_absent_when_present']}")
+            when_absent = "-" if v["says_absent_when_absent"] is None else f"{v['says_absent_when_absent']:.1%}"
+            print(f"{k:38} {v['em']:6.2f} {v['f1']:6.2f}  {when_absent}  {v['says_absent_when_present']:.1%}")
+        print(f"evidence holds the answer: {a['evidence_holds_answer']:.1%}")
+    if "absent_rule" in res:
+        r = res["absent_rule"]
+        print(f"\nask's rule on the question's words, articles {r['articles']}: {r['absent_questions']} absent answers, "
+              f"{r['questions']} present (shipped threshold {r['shipped_threshold']})")
+        for row in r["rows"]:
+            print(f"coverage < {row['threshold']:.2f}: absent caught {row['absent_caught']:.1%}, "
+                  f"present turned away {row['present_turned_away']:.1%}")
     if "summarize" in res:
         s = res["summarize"]
         print(f"\nsummarize on SQuALITY {s['split']}: {s['stories']} stories, {s['words']} words")
@@ -513,7 +564,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except InputError as e:
         log(f"skipped: {e}")
         return 0
-    if not args.data.exists() and {"ask", "summarize", "ttft"} & set(args.sections.split(",")):
+    if not args.data.exists() and {"ask", "absent-rule", "summarize", "ttft"} & set(args.sections.split(",")):
         log(f"skipped: no data at {args.data}")
         return 0
     import torch
@@ -529,6 +580,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                  "ask_no_repeat_ngram": ask_task.NO_REPEAT_NGRAM, "ask_article_offset": args.article_offset}
     if "ttft" in sections:  # first: a child's peak RSS counts this process's size when it started
         res["ttft"] = bench_ttft(args.data, args.workdir, threads, str(writer_path))
+    if "absent-rule" in sections:
+        res["absent_rule"] = bench_absent_rule(load_checkpoint(resolve_model(args.reader)), args.data, args.workdir,
+                                               args.articles, args.questions, args.article_offset)
     if "ask" in sections or "summarize" in sections:
         reader = load_checkpoint(resolve_model(args.reader))
         writer = load_checkpoint(writer_path, kernels=decode_kernels_for(writer_path, torch.device("cpu")))

@@ -693,13 +693,14 @@ def _stream_printer() -> Callable[[str], None]:
 def _report(data: dict, warnings: list[str], as_json: bool, has_text: bool, empty_note: str,
             evidence_title: str = "Evidence") -> None:
     """After ask/summarize streamed their text: warnings, then JSON or the evidence and footer."""
-    _warn_all(warnings)
     if as_json:
+        _warn_all(warnings)
         out.print_json(json.dumps(data))
         return
     if not has_text:
         out.print(Text(empty_note, style="yellow"), end="")
-    out.print()
+    out.print()  # ends the streamed line first: a warning on stderr would otherwise join it
+    _warn_all(warnings)
     _print_evidence(data["evidence"], evidence_title)
     if data.get("second_hop"):
         _print_evidence(data["second_hop"], "Second hop (sentences naming who or what the evidence names)")

@@ -222,7 +222,8 @@ def test_no_match_says_so(tmp_path, tiny_checkpoint):
     r = run("ask", p, "Xylophones?", "--model", tiny_checkpoint, "--json")
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    assert data["answer"] == NOT_IN_DOCUMENT and not data["answered"] and data["evidence"] == []
+    assert data["answer"] == NOT_IN_DOCUMENT and data["mode"] == "absent" and not data["answered"]
+    assert data["evidence"] == []
     assert data["unmentioned"] == ["xylophones"] and "xylophones" in data["warnings"][-1]
 
 

@@ -75,7 +75,7 @@ def test_ask_says_absent_without_writing_when_the_document_lacks_the_questions_w
     r = runner.invoke(app, ["ask", str(doc), "Who painted the Mona Lisa?", "--model", str(writer_path), "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    assert data["mode"] == "written" and data["answer"] == "The document does not say." and not data["answered"]
+    assert data["mode"] == "absent" and data["answer"] == "The document does not say." and not data["answered"]
     assert data["unmentioned"] == ["painted", "mona", "lisa"]
 
 

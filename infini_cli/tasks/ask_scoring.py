@@ -166,7 +166,8 @@ def rank_for_question(pool: AskPool, stats: DocumentStats, top_k: int) -> list[P
 # answers anyway, invent an answer. Chosen on SQuAD dev articles 3, 9, ..., 45 (20 questions
 # each, asked of their own article and of the next one in the sample, where the answer is
 # absent): below 0.4, 72% of absent answers are caught and 5% of present ones lost (0.3:
-# 62% and 3%; 0.5: 83% and 8%). The benchmark's articles (0, 6, ..., 42) were not used.
+# 62% and 3%; 0.5: 83% and 8%; `bench_writer.py --sections absent-rule --article-offset 3`).
+# The benchmark's articles (0, 6, ..., 42) were not used.
 MIN_QUESTION_COVERAGE = 0.4
 
 
