@@ -245,6 +245,7 @@ def bench_summarize(reader, writer, data_dir: Path, workdir: Path, n_stories: in
     material = Budget(words=max(MIN_MATERIAL_WORDS, MATERIAL * n_words))
     t0 = time.perf_counter()
     example = None
+    per_story: list[dict[str, float]] = []  # ROUGE-L of each story, by system
     for k, r in enumerate(rows):
         doc = r["document"]
         refs = [x["response_text"] for x in r["questions"][0]["responses"]]
@@ -253,18 +254,22 @@ def bench_summarize(reader, writer, data_dir: Path, workdir: Path, n_stories: in
         outs = {"written": written,
                 "extractive": summary_text(summarize_passages(ps, rd.index, budget), budget),
                 "TextRank": textrank([p.text for p in ps], n_words), "lead": " ".join(doc.split()[:n_words])}
+        story_rouge_l = {}
         for s, text in outs.items():
             sc = scorer.score_multi(refs, text.replace(" …", ""))
             for m, v in sc.items():
                 totals[s][m] += v.fmeasure
             totals[s]["words"] += len(text.split())
+            story_rouge_l[s] = round(100 * sc["rougeL"].fmeasure, 2)
+        per_story.append(story_rouge_l)
         example = example or {"story": r.get("metadata", {}).get("passage_id", k), "written": written}
         log(f"summarize: story {k + 1}/{len(rows)}")
     n = len(rows)
     return {"split": split, "stories": n, "words": n_words, "seconds": round(time.perf_counter() - t0, 1),
             "rows": {s: {**{m: round(100 * totals[s][m] / n, 2) for m in ("rouge1", "rouge2", "rougeL")},
                          "mean_words": round(totals[s]["words"] / n, 1)} for s in systems},
-            "example": example}
+            "stories_written_above_extractive": sum(r["written"] > r["extractive"] for r in per_story),
+            "rouge_l_per_story": per_story, "example": example}
 
 
 # ----------------------------------------------------------------------------- time to the first token
@@ -487,6 +492,8 @@ def print_report(res: dict) -> None:
         print(f"{'system':12} {'R-1':>6} {'R-2':>6} {'R-L':>6} {'words':>6}")
         for k, v in s["rows"].items():
             print(f"{k:12} {v['rouge1']:6.2f} {v['rouge2']:6.2f} {v['rougeL']:6.2f} {v['mean_words']:6.1f}")
+        print(f"ROUGE-L of the written summary above the extractive one's in {s['stories_written_above_extractive']} "
+              f"of {s['stories']} stories")
     if "speed" in res:
         print(f"\nwriter speed (prompt {res['speed']['prompt_tokens']} tokens, then {res['speed']['decode_tokens']} decoded)")
         for r in res["speed"]["rows"]:

@@ -196,8 +196,9 @@ def sample_next(logits: torch.Tensor, sampling: Sampling, gen: Optional[torch.Ge
 class NgramBan:
     """Which next tokens would repeat an n-gram already generated (no_repeat_ngram_size, as
     in BART's decoding): a small writer otherwise loops ("California, California, ...") or
-    echoes itself ("A story of a story."). Only the generated tokens count, not the prompt,
-    so copying names and phrases from the evidence stays free."""
+    says a phrase again ("the Trapper's Turn to be Trapped, the Trapper's Turn to be Tra").
+    Only the generated tokens count, not the prompt, so copying names and phrases from the
+    evidence stays free."""
 
     def __init__(self, n: int) -> None:
         if n < 2:

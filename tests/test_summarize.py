@@ -174,3 +174,11 @@ def test_a_written_part_ends_at_a_sentence_end_or_is_marked_cut():
     assert _cut_to_words('He said "go." Then he left.', 10) == 'He said "go." Then he left.'
     assert _cut_to_words("A b c d e f. G h i j k l m", 8) == "A b c d e f."
     assert _cut_to_words("A b c d e f g h i j", 4) == "A b c d …"
+
+
+def test_tidy_drops_repeated_and_degenerate_sentences():
+    from infini_cli.tasks.summarize import _tidy
+
+    text = ("Noork ran, and Noork fought, and Noork won. The scene: A scene of a scene. "
+            "Noork ran, and Noork fought, and Noork won. The Skull, the priests, and the prison.")
+    assert _tidy(text) == "Noork ran, and Noork fought, and Noork won. The Skull, the priests, and the prison."

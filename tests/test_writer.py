@@ -135,14 +135,15 @@ def test_a_section_may_finish_its_sentence_with_words_earlier_sections_left(writ
     from infini_cli.tasks.passages import passages_of_text
     from infini_cli.tasks.summary_scoring import Budget
 
-    replies = iter(["Short one.", " ".join(["long"] * 34) + ".", " ".join(["last"] * 40) + "."])
+    long, last = " ".join(f"long{i}" for i in range(34)) + ".", " ".join(f"last{i}" for i in range(40)) + "."
+    replies = iter(["Short one.", long, last])
     monkeypatch.setattr(summarize_task, "write", lambda *a, **k: next(replies))
     chosen = passages_of_text(document(30, 15))
     w = load_checkpoint(writer_path)
     monkeypatch.setattr(summarize_task, "sections_of", lambda writer, ch, n: [ch[:10], ch[10:20], ch[20:]])
     text, parts = summarize_task.write_summary(w, chosen, Budget(words=75))  # a share of 25 words
-    assert [p["summary"] for p in parts[:2]] == ["Short one.", " ".join(["long"] * 34) + "."]
+    assert [p["summary"] for p in parts[:2]] == ["Short one.", long]
     # 25 words + the 14 left over allow 39 of the last 40-word sentence: cut, and the summary
     # is exactly the budget
-    assert parts[2]["summary"] == " ".join(["last"] * 39) + " …"
+    assert parts[2]["summary"] == " ".join(last.split()[:39]) + " …"
     assert len(text.replace(" …", "").split()) == 75

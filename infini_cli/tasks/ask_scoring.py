@@ -183,7 +183,8 @@ def question_coverage(question: str, stats: DocumentStats) -> tuple[float, list[
     used = sum(w for t, w in weight.items() if stats.df.get(t, 0))
     unused: list[str] = []
     for w in words(question):
-        if terms(w) and not stats.df.get(terms(w)[0], 0) and w not in unused:
+        term = terms(w)  # [] for a stop word
+        if term and not stats.df.get(term[0], 0) and w not in unused:
             unused.append(w)
     return (used / total if total > 0 else 1.0), unused
 

@@ -24,6 +24,7 @@ from ..errors import InputError
 from ..memory import StreamState
 from ..readers import Document
 from .ask import EXTRACTIVE, GENERATED, WRITTEN
+from .lexical import terms
 from .passages import DocumentIndex, Passage
 from .summary_scoring import Budget, SummaryPool, fit_budget, select_summary
 from .reading import generates_answers, read_or_load
@@ -153,13 +154,21 @@ def sections_of(loaded: LoadedModel, chosen: list[Passage], n_sections: int,
     return [g for g in groups if g]
 
 
+def _says_one_thing_over(sentence: str) -> bool:
+    """At least 3 content terms, half or more of them repeats: a small writer's degenerate
+    sentence ("The scene: A scene of a scene.") rather than one that says something."""
+    ts = terms(sentence)
+    return len(ts) >= 3 and 2 * len(set(ts)) <= len(ts)
+
+
 def _tidy(text: str) -> str:
-    """One paragraph, each sentence once: a small writer sometimes says a sentence twice."""
+    """One paragraph, each sentence once, none that only repeats a word: a small writer
+    sometimes says a sentence twice, or loops on one word."""
     seen: set[str] = set()
     kept = []
     for sentence in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
         key = " ".join(sentence.lower().split())
-        if key and key not in seen:
+        if key and key not in seen and not _says_one_thing_over(sentence):
             seen.add(key)
             kept.append(sentence)
     return " ".join(kept)
