@@ -726,7 +726,9 @@ def ask(
     The reader (the bundled infini-mini) streams the document through its memory and picks the
     evidence; with the writer installed (infini pull smollm2) the answer is written from that
     evidence ("written", or "The document does not say." when it holds no answer); without it,
-    the answer is the best evidence sentence itself ("extractive"). The output says which. The
+    the answer is the best evidence sentence itself ("extractive"). A question whose main words
+    the document never uses gets "The document does not say." at once, naming those words
+    ("absent"). The output says which. The
     document's memory and sentences are cached, keyed by the document's and the model's
     hashes, so the next question about it starts at once.
 
