@@ -22,9 +22,7 @@ Only the layout where decoding attends in bf16 (decode.attention_dtype_for) is c
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -46,6 +44,7 @@ from infini_cli.model import InfiniTransformer, _rope_table, _swap_halves  # noq
 from infini_cli.quantize import _DecodeLinear  # noqa: E402
 from infini_cli.registry import resolve_model  # noqa: E402
 from infini_cli.stream import feed  # noqa: E402
+from decode_timing import Step, compare, eager_step, write_result  # noqa: E402
 
 VALID = ROOT.parent / "shared" / "data" / "books" / "valid"
 
@@ -94,20 +93,15 @@ def inputs_of(dec: Decoder, tok: torch.Tensor) -> tuple:
     return (tok.view(-1), torch.tensor([dec.length]), dec.kv, dec.k_rot, dec.v_att, list(dec.M), list(dec.z))
 
 
-def greedy(dec: Decoder, first: int, tokens: int, runner=None) -> tuple[float, list[int]]:
-    """tokens/s and the greedy tokens; runner: the compiled step on the decoder's buffers."""
-    tok, out = torch.tensor([first]), []
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for _ in range(tokens):
-            if runner is None:
-                logits = dec.step(tok)
-            else:
-                logits = runner(*inputs_of(dec, tok))
-                dec.length += 1
-            tok = logits.argmax(-1)
-            out.append(int(tok))
-    return tokens / (time.perf_counter() - t0), out
+def aot_step(runner) -> Step:
+    """The compiled step as a decoding step: it writes the token into the decoder's buffers,
+    and the decoder's length moves on (the prototype stays inside one segment)."""
+    def step(dec: Decoder, tok: torch.Tensor) -> torch.Tensor:
+        logits = runner(*inputs_of(dec, tok))
+        dec.length += 1
+        return logits
+
+    return step
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -157,19 +151,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = []
     for n in threads:
         torch.set_num_threads(n)
-        rates: dict[str, list[float]] = {"eager": [], "aot": []}
-        outs: dict[str, list[int]] = {}
-        for _ in range(args.reps):
-            for name in rates:
-                r = runner if name == "aot" else None
-                greedy(fresh(), ids[-1], 2, r)  # warm
-                rate, outs[name] = greedy(fresh(), ids[-1], args.tokens, r)
-                rates[name].append(rate)
-        same = next((i for i, (a, b) in enumerate(zip(outs["eager"], outs["aot"])) if a != b), args.tokens)
-        row = {"threads": n, "equal_greedy_tokens": same,
-               **{f"{k}_tokens_per_s": round(statistics.median(v), 1) for k, v in rates.items()}}
+        row = {"threads": n, **compare({"eager": (fresh, eager_step), "aot": (fresh, aot_step(runner))},
+                                       ids[-1], args.tokens, args.reps)}
         print(f"threads {n}: eager {row['eager_tokens_per_s']:6.1f}  compiled ahead of time "
-              f"{row['aot_tokens_per_s']:6.1f} tokens/s; greedy outputs equal for {same}/{args.tokens}", flush=True)
+              f"{row['aot_tokens_per_s']:6.1f} tokens/s; greedy outputs equal for "
+              f"{row['equal_greedy_tokens']}/{args.tokens}", flush=True)
         rows.append(row)
     result = {"writer": str(path), "torch": torch.__version__, "prompt_tokens": len(ids), "tokens": args.tokens,
               "reps": args.reps, "export_s": round(export_s, 1), "compile_s": round(compile_s, 1),
@@ -178,10 +164,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from bench_writer import bench_llamacpp
 
         result["llamacpp"] = bench_llamacpp(args.gguf, threads, prompt_tokens=args.prompt, reps=args.reps)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

@@ -11,11 +11,8 @@ every attention in float32, then in bf16 (the same arithmetic a decoding step do
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +29,7 @@ from infini_cli.loading import decode_kernels_for  # noqa: E402
 from infini_cli.memory import StreamState  # noqa: E402
 from infini_cli.registry import resolve_model  # noqa: E402
 from infini_cli.stream import feed  # noqa: E402
+from decode_timing import compare, eager_step, write_result  # noqa: E402
 
 VALID = ROOT.parent / "shared" / "data" / "books" / "valid"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -43,25 +41,14 @@ def speed(loaded, text: str, prompts: list[int], threads: list[int], reps: int, 
     for P in prompts:
         ids = ids_all[:P]
         _, state = feed(loaded.model, StreamState.empty(loaded.config), ids, logits="last")
+        variants = {name: (lambda dt=dt: Decoder(loaded.model, state, attention_dtype=dt), eager_step)
+                    for name, dt in DTYPES.items()}
         for n in threads:
             torch.set_num_threads(n)
-            rates: dict[str, list[float]] = {k: [] for k in DTYPES}
-            outs: dict[str, list[int]] = {}
-            for _ in range(reps):
-                for name, dt in DTYPES.items():
-                    Decoder(loaded.model, state, attention_dtype=dt).step(torch.tensor([ids[-1]]))  # warm
-                    dec, tok, out = Decoder(loaded.model, state, attention_dtype=dt), torch.tensor([ids[-1]]), []
-                    t0 = time.perf_counter()
-                    for _ in range(tokens):
-                        tok = dec.step(tok).argmax(-1)
-                        out.append(int(tok))
-                    rates[name].append(tokens / (time.perf_counter() - t0))
-                    outs[name] = out
-            same = next((i for i, (a, b) in enumerate(zip(outs["float32"], outs["bfloat16"])) if a != b), tokens)
-            row = {"prompt_tokens": P, "threads": n, "equal_greedy_tokens": same,
-                   **{f"{k}_tokens_per_s": round(statistics.median(v), 1) for k, v in rates.items()}}
+            row = {"prompt_tokens": P, "threads": n, **compare(variants, ids[-1], tokens, reps)}
             print(f"prompt {P:5} threads {n}: float32 {row['float32_tokens_per_s']:6.1f}  bf16 "
-                  f"{row['bfloat16_tokens_per_s']:6.1f} tokens/s; greedy outputs equal for {same}/{tokens}", flush=True)
+                  f"{row['bfloat16_tokens_per_s']:6.1f} tokens/s; greedy outputs equal for "
+                  f"{row['equal_greedy_tokens']}/{tokens}", flush=True)
             rows.append(row)
     return rows
 
@@ -112,11 +99,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for b in books[:4]:
         ids = loaded.tokenizer.encode(b.read_text(encoding="utf-8", errors="replace")[20000:60000])
         windows += [ids[i * 1024:(i + 1) * 1024] for i in range(2)]
-    result = {"writer": str(path), "speed": rows, "perplexity": perplexity(loaded, windows)}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.out}")
+    write_result(args.out, {"writer": str(path), "speed": rows, "perplexity": perplexity(loaded, windows)})
     return 0
 
 

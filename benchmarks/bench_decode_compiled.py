@@ -13,9 +13,7 @@ decodes eager; this measures whether compiling would close the gap to llama.cpp 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -33,6 +31,7 @@ from infini_cli.loading import decode_kernels_for  # noqa: E402
 from infini_cli.memory import StreamState  # noqa: E402
 from infini_cli.registry import resolve_model  # noqa: E402
 from infini_cli.stream import feed  # noqa: E402
+from decode_timing import compare, eager_step, write_result  # noqa: E402
 
 VALID = ROOT.parent / "shared" / "data" / "books" / "valid"
 
@@ -51,15 +50,6 @@ def compiled_step():
             return fn(dec, tok)
 
     return step
-
-
-def greedy(dec: Decoder, first: int, tokens: int, step) -> tuple[float, list[int]]:
-    tok, out = torch.tensor([first]), []
-    t0 = time.perf_counter()
-    for _ in range(tokens):
-        tok = step(dec, tok).argmax(-1)
-        out.append(int(tok))
-    return tokens / (time.perf_counter() - t0), out
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -84,35 +74,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     loaded = load_checkpoint(path, kernels=decode_kernels_for(path, torch.device("cpu")))
     ids = loaded.tokenizer.encode(books[0].read_text(encoding="utf-8", errors="replace")[30000:60000])[:args.prompt]
     _, state = feed(loaded.model, StreamState.empty(loaded.config), ids, logits="last")
-    eager = lambda dec, tok: dec.step(tok)  # noqa: E731
     step = compiled_step()
     t0 = time.perf_counter()
     step(Decoder(loaded.model, state), torch.tensor([ids[-1]]))
     compile_s = time.perf_counter() - t0
     print(f"first compiled step (tracing and compiling): {compile_s:.1f} s", flush=True)
+    fresh = lambda: Decoder(loaded.model, state)  # noqa: E731
     rows = []
     for n in threads:
         torch.set_num_threads(n)
-        rates: dict[str, list[float]] = {"eager": [], "compiled": []}
-        outs: dict[str, list[int]] = {}
-        for _ in range(args.reps):
-            for name, fn in (("eager", eager), ("compiled", step)):
-                fn(Decoder(loaded.model, state), torch.tensor([ids[-1]]))  # warm
-                rate, outs[name] = greedy(Decoder(loaded.model, state), ids[-1], args.tokens, fn)
-                rates[name].append(rate)
-        same = next((i for i, (a, b) in enumerate(zip(outs["eager"], outs["compiled"])) if a != b), args.tokens)
-        row = {"threads": n, "equal_greedy_tokens": same,
-               **{f"{k}_tokens_per_s": round(statistics.median(v), 1) for k, v in rates.items()}}
+        row = {"threads": n, **compare({"eager": (fresh, eager_step), "compiled": (fresh, step)},
+                                       ids[-1], args.tokens, args.reps)}
         print(f"threads {n}: eager {row['eager_tokens_per_s']:6.1f}  compiled {row['compiled_tokens_per_s']:6.1f} "
-              f"tokens/s; greedy outputs equal for {same}/{args.tokens}", flush=True)
+              f"tokens/s; greedy outputs equal for {row['equal_greedy_tokens']}/{args.tokens}", flush=True)
         rows.append(row)
-    result = {"writer": str(path), "torch": torch.__version__, "prompt_tokens": len(ids), "tokens": args.tokens,
-              "reps": args.reps, "inductor_cache": "warm" if args.warm_cache else "empty",
-              "first_compiled_step_s": round(compile_s, 1), "speed": rows}
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.out}")
+    write_result(args.out, {"writer": str(path), "torch": torch.__version__, "prompt_tokens": len(ids),
+                            "tokens": args.tokens, "reps": args.reps,
+                            "inductor_cache": "warm" if args.warm_cache else "empty",
+                            "first_compiled_step_s": round(compile_s, 1), "speed": rows})
     return 0
 
 

@@ -136,7 +136,7 @@ def squad_sample(reader, data_dir: Path, workdir: Path, n_articles: int, n_quest
 
     sample = [(ai, [qa for p in articles[ai]["paragraphs"] for qa in p["qas"]][:n_questions],
                picked[(k + 1) % len(picked)]) for k, ai in enumerate(picked)]
-    return picked, sample, doc
+    return sample, doc
 
 
 def holds(ev, golds: list[str]) -> bool:
@@ -151,7 +151,7 @@ def bench_absent_rule(reader, data_dir: Path, workdir: Path, n_articles: int, n_
     turns away."""
     from infini_cli.tasks.ask_scoring import MIN_QUESTION_COVERAGE, question_coverage
 
-    picked, sample, doc = squad_sample(reader, data_dir, workdir, n_articles, n_questions, offset)
+    sample, doc = squad_sample(reader, data_dir, workdir, n_articles, n_questions, offset)
     present: list[float] = []
     absent: list[float] = []
     for ai, qas, other in sample:
@@ -163,7 +163,7 @@ def bench_absent_rule(reader, data_dir: Path, workdir: Path, n_articles: int, n_
                 absent.append(question_coverage(q, ord_.index.stats)[0])
     rows = [{"threshold": t, "absent_caught": round(sum(c < t for c in absent) / len(absent), 4),
              "present_turned_away": round(sum(c < t for c in present) / len(present), 4)} for t in thresholds]
-    return {"articles": picked, "questions": len(present), "absent_questions": len(absent),
+    return {"articles": [ai for ai, _, _ in sample], "questions": len(present), "absent_questions": len(absent),
             "shipped_threshold": MIN_QUESTION_COVERAGE, "rows": rows}
 
 
@@ -173,7 +173,7 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
     from infini_cli.tasks.ask_scoring import unmentioned_words
     from infini_cli.tasks.writer import NOT_IN_DOCUMENT
 
-    picked, sample, doc = squad_sample(reader, data_dir, workdir, n_articles, n_questions, offset)
+    sample, doc = squad_sample(reader, data_dir, workdir, n_articles, n_questions, offset)
     tot = Counter()
     examples = []
     t0 = time.perf_counter()
@@ -213,10 +213,10 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
             if len(examples) < 12:
                 examples.append({"question": q, "gold": golds[0], "written": here["written"],
                                  "extractive": here["extractive"], "other_document": there["written"]})
-        log(f"ask: article {k + 1}/{len(picked)}, {tot['n']} questions, written F1 "
+        log(f"ask: article {k + 1}/{len(sample)}, {tot['n']} questions, written F1 "
             f"{100 * tot['written f1'] / tot['n']:.1f} vs extractive {100 * tot['extractive f1'] / tot['n']:.1f}")
     n, absent_n = tot["n"], tot["absent_n"]
-    return {"articles": picked, "questions": n, "seconds": round(time.perf_counter() - t0, 1),
+    return {"articles": [ai for ai, _, _ in sample], "questions": n, "seconds": round(time.perf_counter() - t0, 1),
             "rows": {system: {"em": round(100 * tot[f"{system} em"] / n, 2), "f1": round(100 * tot[f"{system} f1"] / n, 2),
                               "says_absent_when_present": round(tot[f"{system} said absent when present"] / n, 4),
                               "says_absent_when_absent": round(tot[f"{system} said absent when absent"] / absent_n, 4)

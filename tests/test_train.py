@@ -15,7 +15,6 @@ from infini_cli.model import InfiniTransformer
 from infini_cli.config import preset
 
 
-
 def tiny_run(tmp_path, books, steps, name="run"):
     return TrainConfig(out_dir=str(tmp_path / name), data_dir=str(books), preset="tiny", steps=steps, seed=3,
                        batch_text=2, text_segments=2, batch_passkey=2, passkey_segments=2, warmup=2,

@@ -175,17 +175,13 @@ def question_coverage(question: str, stats: DocumentStats) -> tuple[float, list[
     """The share of the question's content terms, weighted by IDF, that the document uses
     (1.0 for a question without any), and the question's words it never uses. A term the
     document lacks has the largest IDF there is, so a missing name outweighs common words."""
-    asked = terms(question)
+    asked = [(w, term[0]) for w in words(question) if (term := terms(w))]  # a stop word has no term
     if not asked:
         return 1.0, []
-    weight = {t: stats.idf(t) for t in asked}
+    weight = {t: stats.idf(t) for _, t in asked}
     total = sum(weight.values())
     used = sum(w for t, w in weight.items() if stats.df.get(t, 0))
-    unused: list[str] = []
-    for w in words(question):
-        term = terms(w)  # [] for a stop word
-        if term and not stats.df.get(term[0], 0) and w not in unused:
-            unused.append(w)
+    unused = list(dict.fromkeys(w for w, t in asked if not stats.df.get(t, 0)))
     return (used / total if total > 0 else 1.0), unused
 
 
