@@ -329,12 +329,14 @@ def bench_ttft(data_dir: Path, workdir: Path, threads: list[int], writer: str) -
         cache = workdir / f"ttft-cache-{n}"
         shutil.rmtree(cache, ignore_errors=True)
         cmd = [sys.executable, "-m", "infini_cli", "ask", str(pdf), question, "--model", writer, "--threads", str(n)]
-        env = {"INFINI_CACHE_DIR": str(cache)}
-        for state in ("read now", "cached"):
+        # the product as installed (the compiled decoding step where `infini pull` built it),
+        # then the cached document once more with decoding kept eager
+        for state, decoding in (("read now", "default"), ("cached", "default"), ("cached", "eager")):
+            env = {"INFINI_CACHE_DIR": str(cache), **({"INFINI_COMPILED_DECODE": "0"} if decoding == "eager" else {})}
             first, total, peak = first_token_seconds(cmd, env)
-            rows.append({"threads": n, "document": state, "first_token_s": round(first, 2),
+            rows.append({"threads": n, "document": state, "decoding": decoding, "first_token_s": round(first, 2),
                          "total_s": round(total, 2), "peak_rss_mb": peak})
-            log(f"ttft: {n} thread(s), {state}: first token {first:.2f} s, all {total:.2f} s")
+            log(f"ttft: {n} thread(s), {state}, decoding {decoding}: first token {first:.2f} s, all {total:.2f} s")
     return {"pdf": str(pdf), "question": question, "rows": rows}
 
 
@@ -343,12 +345,14 @@ def bench_ttft(data_dir: Path, workdir: Path, threads: list[int], writer: str) -
 SPEED_TEXT = "The committee met in the spring and decided to build a bridge. " * 80
 
 
-def time_prefill_decode(loaded, ids: list[int], decode_tokens: int, reps: int, empty, sync=lambda: None
-                        ) -> tuple[list[float], list[float]]:
+def time_prefill_decode(loaded, ids: list[int], decode_tokens: int, reps: int, empty, sync=lambda: None,
+                        compiled=None) -> tuple[list[float], list[float]]:
     """Seconds of each of `reps` prefills of ids (from empty()) and of the decodes of
-    decode_tokens greedy tokens after them through the product's decoder; sync waits for a
+    decode_tokens greedy tokens after them through the product's decoder (with `compiled`,
+    the decoding step compiled ahead of time, as stream.generate picks it); sync waits for a
     device (CUDA) before each clock reading."""
     from infini_cli.decode import Decoder
+    from infini_cli.decode_compiled import CompiledDecoder
     from infini_cli.stream import feed
 
     feed(loaded.model, empty(), ids[:32], logits="last")  # warm-up
@@ -361,7 +365,8 @@ def time_prefill_decode(loaded, ids: list[int], decode_tokens: int, reps: int, e
         prefills.append(time.perf_counter() - t)
         tok = logits[0, -1].argmax().view(1)
         t = time.perf_counter()
-        decoder = Decoder(loaded.model, state, reserve=decode_tokens)
+        decoder = (CompiledDecoder(compiled, loaded.model, state, reserve=decode_tokens) if compiled is not None
+                   else Decoder(loaded.model, state, reserve=decode_tokens))
         for _ in range(decode_tokens):
             tok = decoder.step(tok).argmax(-1)
         sync()
@@ -372,23 +377,29 @@ def time_prefill_decode(loaded, ids: list[int], decode_tokens: int, reps: int, e
 def bench_speed(writer_path: Path, threads: list[int], prompt_tokens: int = 512, decode_tokens: int = 64,
                 reps: int = 3) -> dict:
     """Prefill and decode tokens/s of the writer with each kernel choice: float32 weights, every
-    layer in int8, and the product's default (int4 where re-quantizing loses nothing, int8
-    elsewhere); decoding through the product's decoder (decode.Decoder, as stream.generate
-    does); the median of `reps` runs."""
+    layer in int8, and int4 where re-quantizing loses nothing, int8 elsewhere (what the product
+    loads), decoding eagerly (decode.Decoder) and, where `infini pull` has built it, through
+    the step compiled ahead of time (the product's default then); the median of `reps` runs."""
     import torch
 
     from infini_cli.checkpoint import load_checkpoint
+    from infini_cli.decode_compiled import load_compiled
     from infini_cli.memory import StreamState
 
-    names = {"float": "float32", "int8": "int8 kernel", "int4": "int4+int8 kernels (default)"}
+    names = {"float": "float32", "int8": "int8 kernel", "int4": "int4+int8 kernels",
+             "compiled": "int4+int8 kernels, compiled step (default)"}
     out = []
-    for kernels in ("float", "int8", "int4"):
-        loaded = load_checkpoint(writer_path, kernels=kernels)
+    for kernels in ("float", "int8", "int4", "compiled"):
+        loaded = load_checkpoint(writer_path, kernels="int4" if kernels == "compiled" else kernels)
+        compiled = load_compiled(loaded.model) if kernels == "compiled" else None
+        if kernels == "compiled" and compiled is None:
+            log("speed: no compiled decoding step for this writer here (infini pull builds it): row skipped")
+            continue
         ids = loaded.tokenizer.encode(SPEED_TEXT)[:prompt_tokens]
         for n in threads:
             torch.set_num_threads(n)
             prefills, decodes = time_prefill_decode(loaded, ids, decode_tokens, reps,
-                                                    lambda: StreamState.empty(loaded.config))
+                                                    lambda: StreamState.empty(loaded.config), compiled=compiled)
             row = {"weights": names[kernels], "threads": n,
                    "prefill_tokens_per_s": round(len(ids) / statistics.median(prefills), 1),
                    "decode_tokens_per_s": round(decode_tokens / statistics.median(decodes), 1),
@@ -497,7 +508,7 @@ def print_report(res: dict) -> None:
     if "speed" in res:
         print(f"\nwriter speed (prompt {res['speed']['prompt_tokens']} tokens, then {res['speed']['decode_tokens']} decoded)")
         for r in res["speed"]["rows"]:
-            print(f"{r['weights']:28} {r['threads']} thr  prefill {r['prefill_tokens_per_s']:8.1f} tok/s  "
+            print(f"{r['weights']:44} {r['threads']} thr  prefill {r['prefill_tokens_per_s']:8.1f} tok/s  "
                   f"decode {r['decode_tokens_per_s']:6.1f} tok/s")
     if "cuda" in res:
         for r in res["cuda"]["rows"]:
@@ -514,7 +525,7 @@ def print_report(res: dict) -> None:
     if "ttft" in res:
         print(f"\ninfini ask on a 100-page PDF: {res['ttft']['question']}")
         for r in res["ttft"]["rows"]:
-            print(f"{r['threads']} thr  {r['document']:9} first answer token {r['first_token_s']:6.2f} s  "
+            print(f"{r['threads']} thr  {r['document']:9} {r.get('decoding', ''):8} first answer token {r['first_token_s']:6.2f} s  "
                   f"all {r['total_s']:6.2f} s  peak RSS {r['peak_rss_mb']} MB")
 
 
@@ -615,8 +626,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             except ImportError:
                 log("llamacpp: skipped (pip install llama-cpp-python)")
     if "speed" in res and "llamacpp" in res:
-        ours = {r["threads"]: r["decode_tokens_per_s"] for r in res["speed"]["rows"]
-                if r["weights"].endswith("(default)")}
+        rows = res["speed"]["rows"]  # the product's default: compiled where pulled so, else eager int4+int8
+        default = ([r for r in rows if r["weights"].endswith("(default)")]
+                   or [r for r in rows if r["weights"] == "int4+int8 kernels"])
+        ours = {r["threads"]: r["decode_tokens_per_s"] for r in default}
         theirs = {r["threads"]: r["decode_tokens_per_s"] for r in res["llamacpp"]["rows"]}
         res["decode_vs_llamacpp"] = {str(n): round(ours[n] / theirs[n], 3) for n in ours if n in theirs}
     print_report(res)

@@ -61,6 +61,9 @@ class LoadedModel:
     header: CheckpointHeader
     device: torch.device
     dtype: torch.dtype
+    # the decoding step compiled ahead of time for this model (decode_compiled.CompiledStep),
+    # attached by the loader where one is built; None decodes eagerly
+    compiled_decode: Optional[Any] = None
 
     @property
     def config(self) -> ModelConfig:

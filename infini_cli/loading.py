@@ -79,4 +79,7 @@ def load_for_task(model: Optional[Union[Path, str]], device: str, threads: Optio
         reader = load_model(PACKAGE_MODELS / "infini-mini.safetensors", device, threads, "read")
     # the writer's count again (every free core; the reader's load set one): it writes last
     _default_threads_for(loaded, threads)
+    from .decode_compiled import load_compiled
+
+    loaded.compiled_decode = load_compiled(loaded.model)  # built by `infini pull`; else None: eager
     return reader, loaded

@@ -8,13 +8,16 @@ pieces of any size therefore gives the same logits and state as feeding it whole
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 
 from .decode import Decoder
 from .memory import StreamState, Weight, commit_segment
 from .model import InfiniTransformer
+
+if TYPE_CHECKING:
+    from .decode_compiled import CompiledStep
 
 ProgressFn = Callable[[int], None]
 
@@ -230,6 +233,7 @@ def generate(
     answer_reserve: int = 0,
     logit_bias: Optional[torch.Tensor] = None,
     no_repeat_ngram: int = 0,
+    compiled: Optional[CompiledStep] = None,
 ) -> Iterator[int]:
     """Continue the stream: feed the prompt, then yield generated tokens one by one.
 
@@ -238,7 +242,8 @@ def generate(
     the prompt's last question_tokens and answer_reserve new tokens are kept in one
     segment where they fit (start_segment_for). `logit_bias` [vocab] is added to every
     step's logits (a writer leaning towards the words of its evidence). With no_repeat_ngram
-    n >= 2, no generated n-gram is generated twice (NgramBan). The caller's
+    n >= 2, no generated n-gram is generated twice (NgramBan). With `compiled` (a package
+    decode_compiled.load_compiled gave for this model), one stream decodes through it. The caller's
     `state` is not modified (tensors are replaced, never written in place).
     """
     if not prompt:
@@ -251,7 +256,12 @@ def generate(
         prompt = prompt[len(prompt) - q:]
     logits, state = feed(model, state, prompt, logits="last", use_memory=use_memory)
     last = logits[0, -1]
-    decoder = Decoder(model, state, use_memory, reserve=max_new_tokens)
+    if compiled is not None and compiled.serves(state):
+        from .decode_compiled import CompiledDecoder
+
+        decoder: Decoder = CompiledDecoder(compiled, model, state, use_memory, reserve=max_new_tokens)
+    else:
+        decoder = Decoder(model, state, use_memory, reserve=max_new_tokens)
     del state, logits  # the decoder holds the stream now
     device = last.device
     bias = logit_bias.to(device) if logit_bias is not None else None  # once, not every token

@@ -92,4 +92,7 @@ def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("INFINI_CACHE_DIR", str(d))
     monkeypatch.setenv("INFINI_HOME", str(tmp_path / "infini-home"))
     monkeypatch.delenv("INFINI_MODEL", raising=False)
+    # no test compiles a decoding step unless it asks to (a minute for the real writer, 15 s
+    # for a tiny one): tests/test_decode_compiled.py turns it back on
+    monkeypatch.setenv("INFINI_COMPILED_DECODE", "0")
     return d

