@@ -644,9 +644,14 @@ def _open_then_load(file: str, password: Optional[str], model: Optional[Path], d
 
 
 def _writer_hint(task: str, model: Optional[Path], writer) -> None:
-    from .registry import writer_hint
+    from .registry import PULLABLE, writer_hint
 
     hint = writer_hint(task) if model is None and writer is None else None
+    name = Path(writer.header.path).stem if writer is not None else ""
+    if writer is not None and writer.compiled_decode is None and name in PULLABLE:  # pull can build it
+        from .decode_compiled import missing_note
+
+        hint = missing_note(writer.model, name)
     if hint:
         err.print(Text("note: ", style="cyan") + Text(hint), soft_wrap=True)
 

@@ -250,8 +250,28 @@ def prepare(model: InfiniTransformer, on_status: Callable[[str], None] = lambda 
     if path.is_file():
         return path, ""
     on_status("compiling the decoding step for this machine (once; about a minute)")
+    failed = path.with_suffix(".failed")
     try:
         build_package(model, path)
     except Exception as e:  # noqa: BLE001  (a missing compiler, an export the torch cannot do: decoding stays eager)
-        return None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        try:  # so that ask does not suggest compiling again (missing_note)
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            failed.write_text(why + "\n")
+        except OSError:
+            pass
+        return None, why
+    failed.unlink(missing_ok=True)
     return path, ""
+
+
+def missing_note(model: InfiniTransformer, name: str) -> Optional[str]:
+    """One line for a user whose writer decodes eagerly only because its package is not built
+    (pulled before packages existed, or built for another torch, CPU or version of this code);
+    None where it is built, off, not on the CPU, or where building it failed here before."""
+    if not enabled() or model.embed.weight.device.type != "cpu":
+        return None
+    path = package_path(model)
+    if path.is_file() or path.with_suffix(".failed").is_file():
+        return None
+    return f"`infini pull {name}` compiles {name}'s decoding step for this machine (once, about a minute): faster answers"

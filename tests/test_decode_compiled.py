@@ -10,7 +10,8 @@ import torch
 from infini_cli import decode_compiled
 from infini_cli.config import preset
 from infini_cli.decode import Decoder
-from infini_cli.decode_compiled import CompiledDecoder, build_package, load_compiled, package_path, prepare
+from infini_cli.decode_compiled import (CompiledDecoder, build_package, load_compiled, missing_note, package_path,
+                                        prepare)
 from infini_cli.memory import StreamState
 from infini_cli.quantize import (dequantize_int4, int4_kernel_available, int8_kernel_available, quantize_int4,
                                  use_decode_kernels)
@@ -115,7 +116,9 @@ def test_prepare_builds_once_and_reports_a_failure_in_a_line(monkeypatch):
         raise RuntimeError("no C++ compiler found\nmore detail")
 
     monkeypatch.setattr(decode_compiled, "build_package", fail)
+    assert "`infini pull w` compiles" in missing_note(model, "w")  # not built: ask suggests it
     assert prepare(model) == (None, "RuntimeError: no C++ compiler found")
+    assert missing_note(model, "w") is None  # it failed here: not suggested again
     def build(m, path):
         calls.append(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,3 +128,7 @@ def test_prepare_builds_once_and_reports_a_failure_in_a_line(monkeypatch):
     path, why = prepare(model)
     assert (path, why) == (package_path(model), "") and path.is_file()
     assert prepare(model) == (path, "") and len(calls) == 2  # built: not again
+    assert missing_note(model, "w") is None and not path.with_suffix(".failed").exists()
+    monkeypatch.setenv("INFINI_COMPILED_DECODE", "0")
+    path.unlink()
+    assert missing_note(model, "w") is None

@@ -131,3 +131,8 @@ def test_pull_compiles_the_decoding_step_once_and_ask_decodes_through_it(home, t
     assert off["compiled_decode"] is None and "INFINI_COMPILED_DECODE" in off["not_compiled"]
     r = runner.invoke(app, ["ask", str(doc), "What did the committee decide?", "--json"])
     assert json.loads(r.output)["decoding"] == "eager"
+    monkeypatch.setenv("INFINI_COMPILED_DECODE", "1")
+    for f in package.iterdir():  # as after an upgrade: no package for this torch and code
+        f.unlink()
+    r = runner.invoke(app, ["ask", str(doc), "What did the committee decide?"])
+    assert r.exit_code == 0 and "`infini pull tiny` compiles" in r.output, r.output
