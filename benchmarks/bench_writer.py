@@ -21,8 +21,13 @@ Sections:
   references, ROUGE-1/2/L F1 (rouge_score, stemmed, best of the references) at --words words:
   the written summary, the extractive one, TextRank and lead (bench_quality's baselines).
 - speed: the writer's ingest (prefill) and decode tokens/s with float32 weights, the int8
-  kernel, and the product's default (int4 kernel where re-quantizing loses nothing, int8
-  elsewhere), decoding through the product's decoder, at each --threads; median of --reps; peak RSS.
+  kernel, and int4 where re-quantizing loses nothing (int8 elsewhere), decoding through the
+  eager decoder and, where `infini pull` built it, the compiled step (the product's default
+  then), at each --threads; median of --reps; peak RSS.
+- summarize-speed: `infini summarize` on the 100-page PDF (--words words, the document cached
+  first), as a user runs it, with the compiled decoding step and with it off
+  ($INFINI_COMPILED_DECODE=0), alternating, --reps times each at each --threads: the
+  command's seconds, the summary's words, whether the two summaries are the same.
 - cuda: the writer on a CUDA GPU (bfloat16 weights, float32 memory): prefill and decode
   tokens/s and prefill's share of the GPU's bf16 matmul rate at the writer's shapes
   (benchmarks/gpu_check.sh runs it with the other CUDA checks).
@@ -340,6 +345,40 @@ def bench_ttft(data_dir: Path, workdir: Path, threads: list[int], writer: str) -
     return {"pdf": str(pdf), "question": question, "rows": rows}
 
 
+def bench_summarize_speed(data_dir: Path, workdir: Path, threads: list[int], writer: str, words: int,
+                          reps: int) -> dict:
+    import os
+    import subprocess
+
+    pdf = make_pdf(data_dir, workdir)
+    cache = workdir / "summarize-speed-cache"
+    base = {**os.environ, "INFINI_CACHE_DIR": str(cache)}
+    subprocess.run([sys.executable, "-m", "infini_cli", "read", str(pdf), "--quiet"], env=base, check=True,
+                   capture_output=True)  # read once: every timed run starts from the cache
+    rows = []
+    for n in threads:
+        cmd = [sys.executable, "-m", "infini_cli", "summarize", str(pdf), "--model", writer, "--words", str(words),
+               "--threads", str(n), "--json"]
+        times: dict[str, list[float]] = {"compiled": [], "eager": []}
+        summaries: dict[str, str] = {}
+        for _ in range(reps):
+            for decoding in times:
+                env = {**base, "INFINI_COMPILED_DECODE": "1" if decoding == "compiled" else "0"}
+                t0 = time.perf_counter()
+                done = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
+                times[decoding].append(time.perf_counter() - t0)
+                data = json.loads(done.stdout)
+                assert data["decoding"] == decoding, data["decoding"]
+                summaries[decoding] = data["summary"]
+        row = {"threads": n, **{f"{k}_s": round(statistics.median(v), 2) for k, v in times.items()},
+               **{f"{k}_runs_s": [round(t, 2) for t in v] for k, v in times.items()},
+               "words": len(summaries["compiled"].split()),
+               "same_summary": summaries["compiled"] == summaries["eager"]}
+        log(f"summarize-speed: {row}")
+        rows.append(row)
+    return {"pdf": str(pdf), "words": words, "reps": reps, "rows": rows}
+
+
 # ----------------------------------------------------------------------------- speed
 
 SPEED_TEXT = "The committee met in the spring and decided to build a bridge. " * 80
@@ -522,6 +561,11 @@ def print_report(res: dict) -> None:
                   f"decode {r['decode_tokens_per_s']:6.1f} tok/s")
         for n, ratio in res.get("decode_vs_llamacpp", {}).items():
             print(f"our default decode / llama.cpp's at {n} thr: {ratio:.2f}x")
+    if "summarize_speed" in res:
+        print(f"\ninfini summarize on a 100-page PDF, {res['summarize_speed']['words']} words, cached")
+        for r in res["summarize_speed"]["rows"]:
+            print(f"{r['threads']} thr  compiled {r['compiled_s']:6.2f} s  eager {r['eager_s']:6.2f} s  "
+                  f"({r['words']} words; the same summary: {r['same_summary']})")
     if "ttft" in res:
         print(f"\ninfini ask on a 100-page PDF: {res['ttft']['question']}")
         for r in res["ttft"]["rows"]:
@@ -543,7 +587,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--threads", default="1,2", help="speed: thread counts; ask/summarize run on the first")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/infini-bench-writer"))
     ap.add_argument("--out", type=Path, default=None, help="write the results JSON here")
-    ap.add_argument("--reps", type=int, default=3, help="speed, llamacpp: runs per row (the median is reported)")
+    ap.add_argument("--reps", type=int, default=3,
+                    help="speed, llamacpp, summarize-speed: runs per row (the median is reported)")
     ap.add_argument("--gguf", type=Path, default=None, help="llamacpp: the GGUF the writer was converted from")
     ap.add_argument("--section-words", type=int, default=None,
                     help="summarize: words a section (the product's SECTION_WORDS); for tuning on --split dev")
@@ -582,7 +627,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except InputError as e:
         log(f"skipped: {e}")
         return 0
-    if not args.data.exists() and {"ask", "absent-rule", "summarize", "ttft"} & set(args.sections.split(",")):
+    if not args.data.exists() and {"ask", "absent-rule", "summarize", "ttft", "summarize-speed"} & set(args.sections.split(",")):
         log(f"skipped: no data at {args.data}")
         return 0
     import torch
@@ -598,6 +643,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                  "ask_no_repeat_ngram": ask_task.NO_REPEAT_NGRAM, "ask_article_offset": args.article_offset}
     if "ttft" in sections:  # first: a child's peak RSS counts this process's size when it started
         res["ttft"] = bench_ttft(args.data, args.workdir, threads, str(writer_path))
+    if "summarize-speed" in sections:
+        res["summarize_speed"] = bench_summarize_speed(args.data, args.workdir, threads, str(writer_path), args.words,
+                                                       args.reps)
     if "absent-rule" in sections:
         res["absent_rule"] = bench_absent_rule(load_checkpoint(resolve_model(args.reader)), args.data, args.workdir,
                                                args.articles, args.questions, args.article_offset)

@@ -3,7 +3,7 @@ fraction of a second, that takes a token through every layer in one call.
 
 Eager decoding spends more on launching ~50 torch calls a layer than on arithmetic at the
 135M writer's size, and that overhead does not shrink with threads. Inductor fuses them;
-compiled ahead of time (at `infini pull`, or on first use) the cost of compiling is paid once
+compiled ahead of time (by `infini pull`, prepare below) the cost of compiling is paid once
 per machine instead of at every start as with torch.compile (33-82 s here).
 
 DecodeStep is Decoder.step's arithmetic written to export: the segment's caches are inputs
@@ -16,8 +16,8 @@ a full segment written to memory, to_state) and runs the package instead of the 
 
 The package holds no weights: they are the loaded model's own tensors, handed to it by name
 at load (user-managed constants), so the weights exist once in memory and the package is a
-few MB. It is keyed by what it was built from (the model's weights and layout, torch, the
-CPU), so a stale one is rebuilt rather than run.
+few MB. It is keyed by what it was built from (the model's layout, the code traced, torch,
+the CPU): a stale one is never run (decoding stays eager until `infini pull` builds anew).
 """
 
 from __future__ import annotations
@@ -41,9 +41,6 @@ from .decode import Decoder, attention_dtype_for
 from .memory import StreamState, memory_read
 from .model import InfiniTransformer, _rope_table, _swap_halves
 from .quantize import Int4Linear, _DecodeLinear
-
-PACKAGE_SUFFIX = ".decode.pt2"
-
 
 class DecodeStep(nn.Module):
     """One token of one stream through every layer, written to export (module docstring)."""
@@ -209,6 +206,7 @@ def build_package(model: InfiniTransformer, path: Path) -> None:
             torch._inductor.aoti_compile_and_package(program, package_path=partial, inductor_configs={
                 "aot_inductor.package_constants_in_so": False,       # the weights are the model's
                 "aot_inductor.use_runtime_constant_folding": True})  # so constants keep their names
+        os.chmod(partial, 0o644)  # as any file written here (mkstemp made it private)
         os.replace(partial, path)
     finally:
         if os.path.exists(partial):
