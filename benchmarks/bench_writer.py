@@ -619,6 +619,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from infini_cli.checkpoint import load_checkpoint
     from infini_cli.errors import InputError
+    from infini_cli.decode_compiled import load_compiled
     from infini_cli.loading import decode_kernels_for
     from infini_cli.registry import resolve_model
 
@@ -652,6 +653,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if "ask" in sections or "summarize" in sections:
         reader = load_checkpoint(resolve_model(args.reader))
         writer = load_checkpoint(writer_path, kernels=decode_kernels_for(writer_path, torch.device("cpu")))
+        writer.compiled_decode = load_compiled(writer.model)  # as the product decodes (None: eager)
+        res["decoding"] = "compiled" if writer.compiled_decode is not None else "eager"
+        log(f"the writer decodes {res['decoding']}")
         if "ask" in sections:
             res["ask"] = bench_ask(reader, writer, args.data, args.workdir, args.articles, args.questions,
                                    args.article_offset)
