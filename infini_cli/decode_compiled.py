@@ -241,13 +241,16 @@ def load_compiled(model: InfiniTransformer, path: Optional[Path] = None) -> Opti
 
 
 def prepare(model: InfiniTransformer, on_status: Callable[[str], None] = lambda s: None) -> tuple[Optional[Path], str]:
-    """Build the package for `model` unless it is built: (its path, "") or (None, why not)."""
+    """Build the package for `model` unless one is built that loads: (its path, "") or (None,
+    why not). A package that does not load (damaged, cut short) is built again."""
     if not enabled():
         return None, "compiled decoding is off ($INFINI_COMPILED_DECODE=0)"
+    if model.embed.weight.device.type != "cpu":
+        return None, "not needed: the model is not on the CPU"
     path = package_path(model)
-    if path.is_file():
+    if path.is_file() and load_compiled(model, path) is not None:
         return path, ""
-    on_status("compiling the decoding step for this machine (once; about a minute)")
+    on_status("compiling the decoding step for this CPU (once, about a minute)")
     failed = path.with_suffix(".failed")
     try:
         build_package(model, path)
@@ -264,12 +267,12 @@ def prepare(model: InfiniTransformer, on_status: Callable[[str], None] = lambda 
 
 
 def missing_note(model: InfiniTransformer, name: str) -> Optional[str]:
-    """One line for a user whose writer decodes eagerly only because its package is not built
-    (pulled before packages existed, or built for another torch, CPU or version of this code);
-    None where it is built, off, not on the CPU, or where building it failed here before."""
+    """One line for a user whose writer decodes eagerly (load_compiled gave None) for want of
+    a package that loads (pulled before packages existed; built for another torch, CPU or
+    version of this code; damaged); None where compiled decoding is off, the model is not on
+    the CPU, or building the package failed here before."""
     if not enabled() or model.embed.weight.device.type != "cpu":
         return None
-    path = package_path(model)
-    if path.is_file() or path.with_suffix(".failed").is_file():
+    if package_path(model).with_suffix(".failed").is_file():
         return None
     return f"`infini pull {name}` compiles {name}'s decoding step for this machine (once, about a minute): faster answers"
