@@ -54,6 +54,7 @@ def built(tmp_path_factory):
     return model, compiled
 
 
+@pytest.mark.slow  # builds a tiny package (~15 s, once for the module)
 @pytest.mark.parametrize("use_memory", [True, False])
 def test_compiled_steps_equal_the_eager_decoder_across_segments(built, use_memory):
     """From mid-segment over three segment boundaries (memory empty, then written; buffers grow).
@@ -78,6 +79,7 @@ def test_compiled_steps_equal_the_eager_decoder_across_segments(built, use_memor
         assert x.dtype == y.dtype and ((x - y).norm() / y.norm().clamp(min=1e-6)).item() < 2e-2
 
 
+@pytest.mark.slow  # builds a tiny package (~15 s, once for the module)
 def test_generate_through_the_package_gives_the_eager_tokens(built):
     model, compiled = built
     cfg = model.config
@@ -88,12 +90,14 @@ def test_generate_through_the_package_gives_the_eager_tokens(built):
     assert fast == eager
 
 
+@pytest.mark.slow  # builds a tiny package (~15 s, once for the module)
 def test_a_batch_decodes_eagerly(built):
     model, compiled = built
     assert not compiled.serves(StreamState.empty(model.config, batch_size=2))
     assert compiled.serves(StreamState.empty(model.config))
 
 
+@pytest.mark.slow  # builds a tiny package (~15 s, once for the module)
 def test_no_package_is_used_when_off_missing_or_for_another_layout(built, monkeypatch, tmp_path):
     model, compiled = built
     monkeypatch.setenv("INFINI_COMPILED_DECODE", "1")
