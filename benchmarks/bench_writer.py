@@ -173,8 +173,8 @@ def bench_absent_rule(reader, data_dir: Path, workdir: Path, n_articles: int, n_
 
 
 def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_questions: int,
-              offset: int = 0) -> dict:
-    from infini_cli.tasks.ask import write_answer
+              offset: int = 0, prompt: Optional[str] = None, shots: Optional[int] = None) -> dict:
+    from infini_cli.tasks.ask import ASK_SHOTS, write_answer
     from infini_cli.tasks.ask_scoring import unmentioned_words
     from infini_cli.tasks.writer import NOT_IN_DOCUMENT
 
@@ -189,7 +189,8 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
         """Every system's answer: as `infini ask` answers with the writer ("written") and without
         it ("extractive", the top evidence sentence), "does not say" where the document lacks the
         question's words (ask_scoring.unmentioned_words); and each without that rule."""
-        alone = {"written": write_answer(writer, ev, q) if ev else NOT_IN_DOCUMENT,
+        shown = ASK_SHOTS[:shots] if shots is not None else ASK_SHOTS
+        alone = {"written": write_answer(writer, ev, q, prompt=prompt, shots=shown) if ev else NOT_IN_DOCUMENT,
                  "extractive": ev[0].text if ev else ""}
         absent = not ev or unmentioned_words(q, rd.index.stats) is not None
         return {**{k: NOT_IN_DOCUMENT if absent else v for k, v in alone.items()},
@@ -587,6 +588,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--threads", default="1,2", help="speed: thread counts; ask/summarize run on the first")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/infini-bench-writer"))
     ap.add_argument("--out", type=Path, default=None, help="write the results JSON here")
+    ap.add_argument("--ask-prompt", choices=("chat", "shots"), default=None,
+                    help="ask: how the writer is asked (default: the product's, tasks.ask.ASK_PROMPT)")
+    ap.add_argument("--ask-shots", type=int, default=None,
+                    help="ask: the first N of the product's worked examples only (for tuning on --article-offset 3)")
     ap.add_argument("--reps", type=int, default=3,
                     help="speed, llamacpp, summarize-speed: runs per row (the median is reported)")
     ap.add_argument("--gguf", type=Path, default=None, help="llamacpp: the GGUF the writer was converted from")
@@ -641,7 +646,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                  "section_words": summarize_task.SECTION_WORDS, "material": summarize_task.MATERIAL,
                  "summary_bias": summarize_task.SUMMARY_COPY_BIAS, "ask_words_factor": summarize_task.ASK_WORDS_FACTOR,
                  "summary_no_repeat_ngram": summarize_task.SUMMARY_NO_REPEAT_NGRAM,
-                 "ask_no_repeat_ngram": ask_task.NO_REPEAT_NGRAM, "ask_article_offset": args.article_offset}
+                 "ask_no_repeat_ngram": ask_task.NO_REPEAT_NGRAM, "ask_article_offset": args.article_offset,
+                 "ask_prompt": args.ask_prompt or ask_task.ASK_PROMPT,
+                 "ask_shots": len(ask_task.ASK_SHOTS[:args.ask_shots] if args.ask_shots is not None
+                                  else ask_task.ASK_SHOTS)}
     if "ttft" in sections:  # first: a child's peak RSS counts this process's size when it started
         res["ttft"] = bench_ttft(args.data, args.workdir, threads, str(writer_path))
     if "summarize-speed" in sections:
@@ -658,7 +666,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         log(f"the writer decodes {res['decoding']}")
         if "ask" in sections:
             res["ask"] = bench_ask(reader, writer, args.data, args.workdir, args.articles, args.questions,
-                                   args.article_offset)
+                                   args.article_offset, args.ask_prompt, args.ask_shots)
         if "summarize" in sections:
             res["summarize"] = bench_summarize(reader, writer, args.data, args.workdir, args.stories, args.words,
                                                args.split)

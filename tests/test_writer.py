@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from infini_cli.checkpoint import load_checkpoint
 from infini_cli.cli import app
 from infini_cli.gguf_convert import convert_gguf
-from infini_cli.tasks.writer import fit_passages, is_writer, render_chat, write
+from infini_cli.tasks.ask import ASK_INSTRUCTION, ASK_SHOTS, shots_prompt
+from infini_cli.tasks.writer import NOT_IN_DOCUMENT, complete, fit_passages, is_writer, render_chat, write
 
 from .gguf_factory import write_gguf
 from .test_ask import document
@@ -147,3 +148,71 @@ def test_a_section_may_finish_its_sentence_with_words_earlier_sections_left(writ
     # is exactly the budget
     assert parts[2]["summary"] == " ".join(last.split()[:39]) + " …"
     assert len(text.replace(" …", "").split()) == 75
+
+
+def test_completing_one_line_keeps_the_first_line_with_text(writer_path, monkeypatch):
+    """ask's worked-example prompt: the answer is the rest of its line; a leading line break or
+    space is not shown, and what follows the line (the next example the model imagines) is dropped."""
+    w = load_checkpoint(writer_path)
+    ids = w.tokenizer.encode("\n Karl Weiss\nQuestion: Who else?")
+
+    def scripted(*args, **kwargs):
+        out = []
+        for t in ids:
+            out.append(t)
+            yield t
+            if kwargs["stop"](out):
+                return
+
+    monkeypatch.setattr("infini_cli.stream.generate", scripted)
+    pieces: list[str] = []
+    assert complete(w, "Question: Who finished the bridge?\nAnswer:", 20, pieces.append, one_line=True) == "Karl Weiss"
+    assert "".join(pieces) == "Karl Weiss"
+    assert complete(w, "x", 20, one_line=False).startswith("Karl Weiss\nQuestion")
+
+
+def test_the_worked_examples_end_where_the_answer_starts():
+    prompt = shots_prompt("Who built it?", ["First passage.", "Second one."])
+    assert prompt.startswith(ASK_INSTRUCTION + "\n\n")
+    for passage, question, answer in ASK_SHOTS:
+        assert f"Passage: {passage}\nQuestion: {question}\nAnswer: {answer}\n\n" in prompt
+    assert prompt.endswith("Passage: First passage. Second one.\nQuestion: Who built it?\nAnswer:")
+    assert NOT_IN_DOCUMENT in ASK_INSTRUCTION  # the absent answer is named, not shown by an example
+
+
+def test_in_a_small_window_the_examples_give_way_to_the_evidence(writer_path, monkeypatch):
+    from infini_cli.tasks import ask as ask_task
+    from infini_cli.tasks.passages import Passage
+
+    w = load_checkpoint(writer_path)  # 512 tokens; the test tokenizer spends many on the examples
+    seen = {}
+
+    def capture(loaded, text, max_tokens, *args, **kwargs):
+        seen["prompt"] = text
+        return "Telford"
+
+    monkeypatch.setattr(ask_task, "complete", capture)
+    evidence = [Passage("Thomas Telford built the bridge in 1826.", 0, 0, None, 1, ["thoma", "telford", "built"])]
+    assert ask_task.write_answer(w, evidence, "Who built the bridge?", prompt="shots") == "Telford"
+    prompt = seen["prompt"]
+    assert prompt.endswith("Passage: Thomas Telford built the bridge in 1826.\nQuestion: Who built the bridge?\nAnswer:")
+    kept = sum(f"Answer: {a}\n" in prompt for _, _, a in ASK_SHOTS)
+    assert kept < len(ASK_SHOTS)
+    assert len(w.tokenizer.encode(prompt)) <= w.config.segment_len - min(ask_task.WRITER_ANSWER_TOKENS, 128)
+
+
+@pytest.mark.parametrize("question, prompt", [("Who is Thomas Telford?", "chat"), ("What was the bridge?", "chat"),
+                                              ("Who built the bridge?", "shots"), ("When was it built?", "shots")])
+def test_who_is_questions_are_asked_in_the_chat_template_others_with_examples(writer_path, monkeypatch, question,
+                                                                              prompt):
+    """Given the worked examples the writer answers "Who is X?" with X's name; in its chat
+    template it writes a sentence about X. Every other question gets the examples."""
+    from infini_cli.tasks import ask as ask_task
+    from infini_cli.tasks.passages import Passage
+
+    used = []
+    monkeypatch.setattr(ask_task, "complete", lambda *a, **k: used.append("shots") or "x")
+    monkeypatch.setattr(ask_task, "write", lambda *a, **k: used.append("chat") or "x")
+    evidence = [Passage("Thomas Telford, the engineer, built the bridge in 1826.", 0, 0, None, 1, ["telford"])]
+    ask_task.write_answer(load_checkpoint(writer_path), evidence, question)
+    assert used == [prompt]

@@ -3,8 +3,9 @@
 The document streams through the reader once (or comes from the cache); as it does, a fixed
 pool of candidate sentences is kept for the question (see ask_scoring.AskPool). The pool is
 ranked with the whole document's statistics, and the answer is written by the writer from
-the best evidence and its second hop (ask_scoring.second_hop, from the cached sentences) in
-its chat template ("written"), or without a writer is the best evidence
+the best evidence and its second hop (ask_scoring.second_hop, from the cached sentences), after
+two worked examples or, for "Who is X?", in its chat template ("written"), or without a
+writer is the best evidence
 itself ("extractive"), or, for a checkpoint of ours trained to answer, generated from the
 saved document memory with the evidence and the question in its local window ("generated").
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from rich.console import Console
 
@@ -21,10 +22,11 @@ from ..checkpoint import LoadedModel
 from ..errors import InputError
 from ..memory import StreamState
 from ..readers import Document
-from .ask_scoring import AskPool, AskWeights, QuestionScorer, rank_for_question, second_hop, unmentioned_words
+from .ask_scoring import (AskPool, AskWeights, QuestionScorer, definition_pattern, rank_for_question, second_hop,
+                          unmentioned_words)
 from .passages import DocumentIndex, Passage
 from .reading import generates_answers, read_or_load
-from .writer import NOT_IN_DOCUMENT, fit_passages, write
+from .writer import NOT_IN_DOCUMENT, complete, fit_passages, write
 
 EXTRACTIVE = "extractive"
 GENERATED = "generated"
@@ -42,6 +44,7 @@ WRITER_ANSWER_TOKENS = 48
 # sample): token F1 19.0 without, 23.2 at 3, 26.5 at 6 with an instruction to answer in a few words
 # taken from the passages (32 tokens at most; the shipped wording and limit differ slightly).
 COPY_BIAS = 6.0
+SHOTS_COPY_BIAS = 0.0  # with the worked examples the writer copies without it
 # No n-gram of an answer twice (stream.NgramBan): off. SQuAD dev articles 3, 9, ..., 45 (160
 # questions): token F1 15.72 without, 15.48 with 3-grams banned, 15.63 with 4-grams; a loop in
 # an answer ends it instead (writer._repeats).
@@ -49,6 +52,23 @@ NO_REPEAT_NGRAM = 0
 ASK_SYSTEM = ("You answer questions about a document using only the numbered passages taken from it. "
               "Answer briefly, in a few words taken from the passages. If the passages do not contain the "
               f"answer, reply exactly: {NOT_IN_DOCUMENT}")
+# How the writer is asked. "chat": its chat template, ASK_SYSTEM and the numbered passages
+# (copy bias COPY_BIAS). "shots": a plain completion prompt, ASK_INSTRUCTION and two worked
+# examples (invented, about no document) before the passages and the question, the answer the
+# rest of its line (no copy bias: it copies without). In the chat template the 135M writer
+# restates the question in a sentence around the answer. SQuAD dev articles 3, 9, ..., 45 (160
+# questions; bench_writer.py --sections ask --article-offset 3 --ask-prompt P --ask-shots N):
+# token F1 15.30 chat, 18.79 shots (exact match 0.0 and 9.4), 12.68 with a third example whose
+# answer is absent (it then said "does not say" for 39% of the answerable questions).
+ASK_PROMPT = "shots"
+ASK_INSTRUCTION = ("Answer each question with a short phrase taken from the passage. If the passage does not "
+                   f"answer it, reply: {NOT_IN_DOCUMENT}")
+ASK_SHOTS = (
+    ("The bridge over the river was finished in 1887 by the engineer Karl Weiss, who had designed it for "
+     "the railway.", "Who finished the bridge?", "Karl Weiss"),
+    ("After the flood of 1921 the town council voted to move the market to the hill above the harbour.",
+     "Where was the market moved?", "to the hill above the harbour"),
+)
 DEFAULT_WEIGHTS = AskWeights()
 MAX_ANSWER_TOKENS = 96
 ANSWER_RESERVE = 16  # answer tokens kept in the question's segment where they fit
@@ -92,21 +112,51 @@ def writer_messages(question: str, passages: list[str]) -> list[dict[str, str]]:
             {"role": "user", "content": f"Passages:\n{numbered}\n\nQuestion: {question}"}]
 
 
+def shots_prompt(question: str, passages: list[str], shots: Sequence[tuple[str, str, str]] = ASK_SHOTS) -> str:
+    """ASK_PROMPT "shots": the instruction, the worked examples, then the passages (one
+    paragraph) and the question, ending where the answer starts."""
+    def block(passage: str, q: str) -> str:
+        return f"Passage: {passage}\nQuestion: {q}\nAnswer:"
+
+    done = "".join(f"{block(p, q)} {a}\n\n" for p, q, a in shots)
+    return f"{ASK_INSTRUCTION}\n\n{done}{block(' '.join(passages), question)}"
+
+
 def write_answer(writer: LoadedModel, evidence: list[Passage], question: str,
                  on_text: Optional[Callable[[str], None]] = None, max_tokens: int = WRITER_ANSWER_TOKENS,
-                 bias: Optional[float] = None, passages: Optional[int] = None) -> str:
+                 bias: Optional[float] = None, passages: Optional[int] = None, prompt: Optional[str] = None,
+                 shots: Sequence[tuple[str, str, str]] = ASK_SHOTS) -> str:
     """The writer's answer from the evidence (most important first) that fits its window,
     shown to it in document order: the order of events (where a person went last is the
-    latest sentence naming them)."""
-    max_tokens = min(max_tokens, writer.config.segment_len // 4)
-    overhead = len(writer.tokenizer.encode(str(writer_messages(question, [])))) + 64
-    budget = writer.config.segment_len - max_tokens - overhead
+    latest sentence naming them). prompt: ASK_PROMPT unless given; shots: its worked examples."""
+    # "Who is X?" wants X described; given the worked examples the writer answers with the name
+    # itself ("Lord John Roxton"), in its chat template with a sentence about X
+    prompt = prompt or ("chat" if definition_pattern(question) is not None else ASK_PROMPT)
+    if prompt not in ("chat", "shots"):
+        raise ValueError(f"unknown ask prompt {prompt!r}")
+    window = writer.config.segment_len
+    max_tokens = min(max_tokens, window // 4)
+
+    def budget_with(k: int) -> int:
+        """Tokens left for the evidence with the first k worked examples (or the chat prompt)."""
+        empty = str(writer_messages(question, [])) if prompt == "chat" else shots_prompt(question, [], shots[:k])
+        return window - max_tokens - len(writer.tokenizer.encode(empty)) - 64
+
+    # the examples give way to the evidence in a small window: fewer, down to none
+    k = len(shots)
+    while prompt == "shots" and k > 0 and budget_with(k) < window // 4:
+        k -= 1
+    shots, budget = shots[:k], budget_with(k)
     if budget < 32:
         raise InputError(f"{writer.header.path}: its window ({writer.config.segment_len} tokens) is too small for "
                          "a question and its evidence; convert it with a larger --segment-len")
     chosen = evidence[:passages or WRITER_PASSAGES]
     texts = fit_passages(writer, [p.text for p in chosen], budget)  # a prefix, its last maybe cut
     texts = [t for _, t in sorted(zip((p.index for p in chosen), texts))]
+    if prompt == "shots":
+        return complete(writer, shots_prompt(question, texts, shots), max_tokens, on_text, sources=texts + [question],
+                        bias=SHOTS_COPY_BIAS if bias is None else bias, no_repeat_ngram=NO_REPEAT_NGRAM,
+                        one_line=True)
     return write(writer, writer_messages(question, texts), max_tokens, on_text, sources=texts + [question],
                  bias=COPY_BIAS if bias is None else bias, no_repeat_ngram=NO_REPEAT_NGRAM)
 

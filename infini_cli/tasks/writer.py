@@ -95,14 +95,22 @@ def copy_bias(loaded: LoadedModel, sources: list[str], strength: float) -> Optio
 def write(loaded: LoadedModel, messages: list[dict[str, str]], max_tokens: int,
           on_text: Optional[Callable[[str], None]] = None, sources: Optional[list[str]] = None,
           bias: float = 0.0, no_repeat_ngram: int = 0) -> str:
-    """Greedy generation in a fresh stream; text is streamed to on_text as it is decided.
+    """The writer's reply to a conversation in its chat template (complete)."""
+    return complete(loaded, render_chat(loaded, messages), max_tokens, on_text, sources, bias, no_repeat_ngram)
+
+
+def complete(loaded: LoadedModel, prompt_text: str, max_tokens: int, on_text: Optional[Callable[[str], None]] = None,
+             sources: Optional[list[str]] = None, bias: float = 0.0, no_repeat_ngram: int = 0,
+             one_line: bool = False) -> str:
+    """Greedy continuation of `prompt_text` in a fresh stream; streamed to on_text as it is decided.
 
     sources, bias: lean towards the tokens of these texts (see copy_bias); no_repeat_ngram:
-    no n-gram of the answer twice (stream.NgramBan)."""
+    no n-gram of the answer twice (stream.NgramBan); one_line: the continuation ends at the
+    end of its first line that holds any text."""
     from ..stream import generate
 
     tok = loaded.tokenizer
-    prompt = tok.encode(render_chat(loaded, messages))
+    prompt = tok.encode(prompt_text)
     # local attention spans one segment; the writer's memory is not trained, so the prompt
     # and the answer must share one (callers budget their passages with fit_passages)
     room = loaded.config.segment_len - max_tokens
@@ -114,18 +122,25 @@ def write(loaded: LoadedModel, messages: list[dict[str, str]], max_tokens: int,
     logit_bias = copy_bias(loaded, sources or [], bias)
     if logit_bias is not None and tok.eos_id is not None:
         logit_bias[tok.eos_id] = bias  # ending is always allowed as much as copying
+    line_ended = (lambda out: "\n" in tok.decode(out).strip()) if one_line else (lambda out: False)
     for t in generate(loaded.model, state, prompt, max_tokens, logit_bias=logit_bias, no_repeat_ngram=no_repeat_ngram,
-                      compiled=loaded.compiled_decode, stop=lambda out: out[-1] == tok.eos_id or _repeats(out)):
+                      compiled=loaded.compiled_decode,
+                      stop=lambda out: out[-1] == tok.eos_id or _repeats(out) or line_ended(out)):
         if t == tok.eos_id:
             break
         ids.append(t)
         if _repeats(ids):
             break
-        text = tok.decode(ids)
+        text = tok.decode(ids).lstrip()  # what leads the answer's first word is never shown
+        ended = one_line and "\n" in text
+        if ended:
+            text = text.split("\n")[0]
         # hold back a trailing replacement character: a multi-byte letter split across tokens
-        if text.endswith("\ufffd"):
+        if text.endswith("\ufffd") and not ended:
             continue
         if on_text is not None and len(text) > len(shown):
             on_text(text[len(shown):])
         shown = text
+        if ended:
+            break
     return shown.strip()
