@@ -13,7 +13,6 @@ greedy outputs part; with --gguf, llama.cpp on the same GGUF, threads and prompt
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -26,40 +25,28 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from infini_cli.checkpoint import load_checkpoint  # noqa: E402
 from infini_cli.decode import Decoder  # noqa: E402
 from infini_cli.decode_compiled import CompiledDecoder, build_package, load_compiled  # noqa: E402
-from infini_cli.loading import decode_kernels_for  # noqa: E402
 from infini_cli.memory import StreamState  # noqa: E402
-from infini_cli.registry import resolve_model  # noqa: E402
 from infini_cli.stream import feed  # noqa: E402
-from decode_timing import compare, eager_step, write_result  # noqa: E402
-
-VALID = ROOT.parent / "shared" / "data" / "books" / "valid"
+from decode_timing import compare, eager_step, novel_text, parser, write_result, writer_and_novels  # noqa: E402
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--writer", default="smollm2", help="the writer's name or path")
+    ap = parser(__doc__)
     ap.add_argument("--prompt", type=int, default=512, help="prompt tokens before decoding")
-    ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--gguf", type=Path, default=None,
                     help="llama.cpp on this GGUF too, the same threads and prompt length (bench_writer's llamacpp rows)")
-    ap.add_argument("--out", type=Path, default=None, help="write the results JSON here")
     args = ap.parse_args(argv)
-    books = sorted(VALID.glob("*.txt"))
-    if not books:
-        print(f"skipped: no novels in {VALID}")
-        return 0
     threads = [int(x) for x in args.threads.split(",")]
     torch.set_num_threads(max(threads))
+    found = writer_and_novels(args.writer)
+    if found is None:
+        return 0
+    path, loaded, books = found
     os.environ["INFINI_COMPILED_DECODE"] = "1"
-    path = resolve_model(Path(args.writer))
-    loaded = load_checkpoint(path, kernels=decode_kernels_for(path, torch.device("cpu")))
     model, cfg = loaded.model, loaded.config
-    ids = loaded.tokenizer.encode(books[0].read_text(encoding="utf-8", errors="replace")[30000:60000])[:args.prompt]
+    ids = loaded.tokenizer.encode(novel_text(books[0]))[:args.prompt]
     _, state = feed(model, StreamState.empty(cfg), ids, logits="last")
     package = Path(tempfile.mkdtemp(prefix="decode-aot-")) / "step.pt2"
     t0 = time.perf_counter()

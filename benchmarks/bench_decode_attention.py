@@ -10,7 +10,6 @@ every attention in float32, then in bf16 (the same arithmetic a decoding step do
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -23,15 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import infini_cli.model as model_module  # noqa: E402
-from infini_cli.checkpoint import load_checkpoint  # noqa: E402
 from infini_cli.decode import Decoder  # noqa: E402
-from infini_cli.loading import decode_kernels_for  # noqa: E402
 from infini_cli.memory import StreamState  # noqa: E402
-from infini_cli.registry import resolve_model  # noqa: E402
 from infini_cli.stream import feed  # noqa: E402
-from decode_timing import compare, eager_step, write_result  # noqa: E402
-
-VALID = ROOT.parent / "shared" / "data" / "books" / "valid"
+from decode_timing import compare, eager_step, novel_text, parser, write_result, writer_and_novels  # noqa: E402
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -77,21 +71,14 @@ def perplexity(loaded, windows: list[list[int]]) -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--writer", default="smollm2", help="the writer's name or path")
+    ap = parser(__doc__)
     ap.add_argument("--prompts", default="512,1024,1500")
-    ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--tokens", type=int, default=48)
-    ap.add_argument("--out", type=Path, default=None, help="write the results JSON here")
     args = ap.parse_args(argv)
-    books = sorted(VALID.glob("*.txt"))
-    if not books:
-        print(f"skipped: no novels in {VALID}")
+    found = writer_and_novels(args.writer)
+    if found is None:
         return 0
-    path = resolve_model(Path(args.writer))
-    loaded = load_checkpoint(path, kernels=decode_kernels_for(path, torch.device("cpu")))
-    text = books[0].read_text(encoding="utf-8", errors="replace")[30000:60000]
+    path, loaded, books = found
+    text = novel_text(books[0])
     rows = speed(loaded, text, [int(x) for x in args.prompts.split(",")], [int(x) for x in args.threads.split(",")],
                  args.reps, args.tokens)
     torch.set_num_threads(max(int(x) for x in args.threads.split(",")))

@@ -4,6 +4,7 @@ compared within a run only), where their greedy outputs part, and the results fi
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
@@ -12,9 +13,42 @@ from typing import Callable, Optional
 
 import torch
 
+from infini_cli.checkpoint import LoadedModel, load_checkpoint
 from infini_cli.decode import Decoder
+from infini_cli.loading import decode_kernels_for
+from infini_cli.registry import resolve_model
 
-Step = Callable[[Decoder, torch.Tensor], torch.Tensor]  # (decoder, tokens [B]) -> logits [B, vocab]
+VALID = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "books" / "valid"
+
+Step = Callable[[Decoder, torch.Tensor], torch.Tensor]
+
+
+def parser(doc: Optional[str]) -> argparse.ArgumentParser:
+    """The options every decoding benchmark takes (--writer, --threads, --reps, --tokens, --out);
+    each adds its own."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--writer", default="smollm2", help="the writer's name or path")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--out", type=Path, default=None, help="write the results JSON here")
+    return ap
+
+
+def writer_and_novels(name: str) -> Optional[tuple[Path, LoadedModel, list[Path]]]:
+    """(the writer's path, the writer loaded as the product loads it on the CPU, the books/valid
+    novels); None, after saying so, where there are no novels."""
+    books = sorted(VALID.glob("*.txt"))
+    if not books:
+        print(f"skipped: no novels in {VALID}")
+        return None
+    path = resolve_model(Path(name))
+    return path, load_checkpoint(path, kernels=decode_kernels_for(path, torch.device("cpu"))), books
+
+
+def novel_text(book: Path) -> str:
+    """The stretch of a novel the decoding benchmarks prompt with (past its front matter)."""
+    return book.read_text(encoding="utf-8", errors="replace")[30000:60000]  # (decoder, tokens [B]) -> logits [B, vocab]
 
 
 def eager_step(dec: Decoder, tok: torch.Tensor) -> torch.Tensor:

@@ -104,15 +104,20 @@ class StepBuffers(Decoder):
 
     separate_values = True
 
+    def __init__(self, model: InfiniTransformer, state: StreamState, use_memory: bool = True, reserve: int = 64,
+                 attention_dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__(model, state, use_memory, reserve, attention_dtype)
+        # DecodeStep's gates input, once: zeros read no memory (use_memory off)
+        stacked = torch.stack(self.gates)
+        self.gate_input = stacked if use_memory else torch.zeros_like(stacked)
+
     def _allocate(self, capacity: int) -> None:
         super()._allocate(max(capacity, min(2, self.config.segment_len)))
 
     def arguments(self, tokens: torch.Tensor) -> tuple:
         """DecodeStep's arguments for tokens [1] at the current position."""
-        gates = torch.stack(self.gates) if self.use_memory else torch.zeros(len(self.gates), *self.gates[0].shape,
-                                                                            dtype=self.dtype)
         return (tokens.view(1), torch.tensor([self.length], device=self.device), self.kv, self.k_rot, self.v_att,
-                list(self.M), list(self.z), gates)
+                list(self.M), list(self.z), self.gate_input)
 
 
 @dataclass
@@ -138,11 +143,11 @@ class CompiledDecoder(StepBuffers):
                  use_memory: bool = True, reserve: int = 64) -> None:
         super().__init__(model, state, use_memory, reserve, attention_dtype=compiled.attention_dtype)
         self.compiled = compiled
-        self._gates = self.arguments(torch.zeros(1, dtype=torch.long))[-1]  # once, not every token
 
     def _forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.compiled.run([tokens.view(1), torch.tensor([self.length]), *self.kv, *self.k_rot, *self.v_att,
-                                  *self.M, *self.z, self._gates])
+        # the runner takes the arguments flat, in order (the per-layer lists spread out)
+        flat = [t for a in self.arguments(tokens) for t in (a if isinstance(a, list) else (a,))]
+        return self.compiled.run(flat)
 
 
 def enabled() -> bool:
@@ -160,16 +165,16 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def package_key(model: InfiniTransformer) -> str:
+def package_key(model: InfiniTransformer, step: Optional[DecodeStep] = None) -> str:
     """What a package depends on: the model's layout (config, each layer's kernel, buffer
     shapes and dtypes: not the weights' values, which it does not hold), the attention's
-    dtype, the code it was traced from, torch, the CPU."""
+    dtype, the code it was traced from, torch, the CPU. step: DecodeStep(model), if made."""
     from . import memory, model as model_py, quantize
 
     dtype = model.embed.weight.dtype
     code = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (model_py, memory, quantize))
                           + Path(__file__).read_bytes()).hexdigest()
-    layout = {name: [str(t.dtype), list(t.shape)] for name, t in DecodeStep(model).state_dict().items()}
+    layout = {name: [str(t.dtype), list(t.shape)] for name, t in (step or DecodeStep(model)).state_dict().items()}
     kinds = {name: type(m).__name__ for name, m in model.named_modules() if isinstance(m, (_DecodeLinear, nn.Linear))}
     facts = {"code": code, "config": dataclasses.asdict(model.config), "layout": layout, "kinds": kinds,
              "attention": str(attention_dtype_for(dtype, torch.device("cpu"))), "torch": torch.__version__,
@@ -177,10 +182,10 @@ def package_key(model: InfiniTransformer) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def package_path(model: InfiniTransformer) -> Path:
+def package_path(model: InfiniTransformer, step: Optional[DecodeStep] = None) -> Path:
     from .registry import data_dir
 
-    return data_dir() / "compiled" / f"decode-{package_key(model)[:32]}.pt2"
+    return data_dir() / "compiled" / f"decode-{package_key(model, step)[:32]}.pt2"
 
 
 def build_package(model: InfiniTransformer, path: Path) -> None:
@@ -219,10 +224,10 @@ def load_compiled(model: InfiniTransformer, path: Optional[Path] = None) -> Opti
     built or it does not load (decoding then stays eager)."""
     if not enabled() or model.embed.weight.device.type != "cpu":
         return None
-    path = path or package_path(model)
+    module = DecodeStep(model).eval()
+    path = path or package_path(model, module)
     if not path.is_file():
         return None
-    module = DecodeStep(model).eval()
     tensors = module.state_dict()
     try:
         # torch's C++ loader straight: torch._inductor.aoti_load_package would import Inductor
