@@ -8,7 +8,7 @@ Sections:
 - ask: SQuAD v1.1 dev articles, each joined into one document and read once by the reader
   (the bundled model, as `infini ask` does); the first --questions questions of each of
   --articles articles spread evenly over the dev set (a fixed, stated sample). For each:
-  the writer's answer from the top-8 evidence (the product's path: tasks.ask.write_answer)
+  the writer's answer from the best evidence and its second hop (the product's path: tasks.ask.write_answer)
   and the extractive answer (the top evidence sentence), scored with SQuAD's exact match
   and token F1 (official normalisation; best over the gold answers). Absent answers: the
   same questions asked of the next article, where the answer is not: how often ask says the
@@ -113,13 +113,13 @@ def best(metric, prediction: str, golds: list[str]) -> float:
 
 def evidence_of(rd, ps, q):
     """What `infini ask` gives the writer: the best evidence and its second hop."""
-    from infini_cli.tasks.ask import HOP_PASSAGES, WRITER_PASSAGES, writer_evidence
+    from infini_cli.tasks.ask import HOP_PASSAGES, RANKED_DEPTH, writer_evidence
     from infini_cli.tasks.ask_scoring import AskPool, AskWeights, QuestionScorer, second_hop
 
     pool = AskPool(QuestionScorer(q, AskWeights()))
     for p in ps:
         pool.add(p, rd.index.stats)
-    ranked = pool.ranked(rd.index.stats)[:WRITER_PASSAGES]
+    ranked = pool.ranked(rd.index.stats)[:RANKED_DEPTH]
     return writer_evidence(ranked, second_hop(q, ranked, ps, rd.index.stats, HOP_PASSAGES) if ranked else [])
 
 

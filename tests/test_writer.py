@@ -201,6 +201,27 @@ def test_in_a_small_window_the_examples_give_way_to_the_evidence(writer_path, mo
     assert len(w.tokenizer.encode(prompt)) <= w.config.segment_len - min(ask_task.WRITER_ANSWER_TOKENS, 128)
 
 
+def test_the_writer_reads_the_best_evidence_last_nearest_the_question(writer_path, monkeypatch):
+    """writer_evidence: the best WRITER_RANKED sentences, then the second hop (most important
+    first); write_answer shows them the other way round, so the best meets the question."""
+    from infini_cli.tasks import ask as ask_task
+    from infini_cli.tasks.passages import Passage
+
+    def passage(text: str, index: int) -> Passage:
+        return Passage(text, index, index, None, index + 1, ["x"])
+
+    ranked = [passage(f"Ranked {i}.", 10 - i) for i in range(1, 6)]  # best first, late in the document
+    hop = [passage("Hop one.", 20), passage("Hop two.", 1)]
+    evidence = ask_task.writer_evidence(ranked, hop)
+    assert [p.text for p in evidence] == [p.text for p in ranked[:ask_task.WRITER_RANKED]] + ["Hop one.", "Hop two."]
+    seen = {}
+    monkeypatch.setattr(ask_task, "complete", lambda loaded, text, *a, **k: seen.setdefault("prompt", text))
+    ask_task.write_answer(load_checkpoint(writer_path), evidence, "Who built the bridge?", prompt="shots")
+    read = " ".join(p.text for p in evidence[::-1])
+    assert seen["prompt"].endswith(f"Passage: {read}\nQuestion: Who built the bridge?\nAnswer:")
+    assert read.endswith("Ranked 1.")
+
+
 @pytest.mark.parametrize("question, prompt", [("Who is Thomas Telford?", "chat"), ("What was the bridge?", "chat"),
                                               ("Who built the bridge?", "shots"), ("When was it built?", "shots")])
 def test_who_is_questions_are_asked_in_the_chat_template_others_with_examples(writer_path, monkeypatch, question,
