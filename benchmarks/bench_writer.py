@@ -592,6 +592,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="ask: how the writer is asked (default: the product's, tasks.ask.ASK_PROMPT)")
     ap.add_argument("--ask-shots", type=int, default=None,
                     help="ask: the first N of the product's worked examples only (for tuning on --article-offset 3)")
+    ap.add_argument("--ask-ranked", type=int, default=None,
+                    help="ask: the writer reads the best N evidence sentences beside the second hop "
+                         "(default: the product's, tasks.ask.WRITER_RANKED; for tuning on --article-offset 3)")
     ap.add_argument("--reps", type=int, default=3,
                     help="speed, llamacpp, summarize-speed: runs per row (the median is reported)")
     ap.add_argument("--gguf", type=Path, default=None, help="llamacpp: the GGUF the writer was converted from")
@@ -619,6 +622,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         summarize_task.SUMMARY_COPY_BIAS = args.summary_bias
     if args.ask_words_factor is not None:
         summarize_task.ASK_WORDS_FACTOR = args.ask_words_factor
+    if args.ask_ranked is not None:
+        ask_task.WRITER_RANKED = args.ask_ranked
     if args.no_repeat_ngram is not None:
         summarize_task.SUMMARY_NO_REPEAT_NGRAM = ask_task.NO_REPEAT_NGRAM = args.no_repeat_ngram
 
@@ -647,7 +652,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                  "summary_bias": summarize_task.SUMMARY_COPY_BIAS, "ask_words_factor": summarize_task.ASK_WORDS_FACTOR,
                  "summary_no_repeat_ngram": summarize_task.SUMMARY_NO_REPEAT_NGRAM,
                  "ask_no_repeat_ngram": ask_task.NO_REPEAT_NGRAM, "ask_article_offset": args.article_offset,
-                 "ask_prompt": args.ask_prompt or ask_task.ASK_PROMPT,
+                 "ask_prompt": args.ask_prompt or ask_task.ASK_PROMPT, "ask_ranked": ask_task.WRITER_RANKED,
                  "ask_shots": len(ask_task.ASK_SHOTS[:args.ask_shots] if args.ask_shots is not None
                                   else ask_task.ASK_SHOTS)}
     if "ttft" in sections:  # first: a child's peak RSS counts this process's size when it started

@@ -242,6 +242,17 @@ def test_question_coverage_weighs_the_words_a_document_never_uses():
     assert unmentioned_words("When was the bridge built by Telford in Wales?", stats) is None
 
 
+@pytest.mark.parametrize("question, about_a_name", [
+    ("Who is Professor Challenger?", True), ("What was the Great Exhibition?", True),
+    ("What is Engineering News-Record?", True), ("Who is the chair of the IPCC?", False),
+    ("What is Tesla's home country?", False), ("What is north of the garden?", False),
+    ("What is the bathroom south of?", False), ("What is enzootic?", False), ("Where is Mary?", False)])
+def test_a_question_asks_what_a_name_is_only_when_its_subject_is_a_name(question, about_a_name):
+    from infini_cli.tasks.ask_scoring import asks_about_a_name
+
+    assert asks_about_a_name(question) is about_a_name
+
+
 def test_who_is_questions_prefer_a_defining_sentence():
     from infini_cli.tasks.ask_scoring import definition_pattern
 

@@ -222,12 +222,14 @@ def test_the_writer_reads_the_best_evidence_last_nearest_the_question(writer_pat
     assert read.endswith("Ranked 1.")
 
 
-@pytest.mark.parametrize("question, prompt", [("Who is Thomas Telford?", "chat"), ("What was the bridge?", "chat"),
-                                              ("Who built the bridge?", "shots"), ("When was it built?", "shots")])
+@pytest.mark.parametrize("question, prompt", [("Who is Thomas Telford?", "chat"), ("What was the Iron Bridge?", "chat"),
+                                              ("Who built the bridge?", "shots"), ("When was it built?", "shots"),
+                                              ("Who was the bridge's builder?", "shots"),
+                                              ("What is north of the bridge?", "shots")])
 def test_who_is_questions_are_asked_in_the_chat_template_others_with_examples(writer_path, monkeypatch, question,
                                                                               prompt):
-    """Given the worked examples the writer answers "Who is X?" with X's name; in its chat
-    template it writes a sentence about X. Every other question gets the examples."""
+    """Given the worked examples the writer answers "Who is X?" of a name X with a name; in
+    its chat template it writes a sentence about X. Every other question gets the examples."""
     from infini_cli.tasks import ask as ask_task
     from infini_cli.tasks.passages import Passage
 

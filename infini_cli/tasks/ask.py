@@ -22,7 +22,7 @@ from ..checkpoint import LoadedModel
 from ..errors import InputError
 from ..memory import StreamState
 from ..readers import Document
-from .ask_scoring import (AskPool, AskWeights, QuestionScorer, definition_pattern, rank_for_question, second_hop,
+from .ask_scoring import (AskPool, AskWeights, QuestionScorer, asks_about_a_name, rank_for_question, second_hop,
                           unmentioned_words)
 from .passages import DocumentIndex, Passage
 from .reading import generates_answers, read_or_load
@@ -38,12 +38,16 @@ MODE_NOTE = {EXTRACTIVE: "extractive (the model's best evidence)",
              ABSENT: "not answered: the document does not use the question's main words"}
 RANKED_DEPTH = 8             # evidence ranked this deep for the writer (the second hop looks beyond it)
 # The writer reads the best WRITER_RANKED evidence sentences and the second hop (HOP_PASSAGES at
-# most), the best nearest the question: the 135M writer answers from what it read last and is
-# led astray by every sentence more. SQuAD dev articles 3, 9, ..., 45 (160 questions, worked
-# examples, without the absent rule): token F1 21.8 with the eight best (hop included) in
-# document order, 31.2 with the same eight best last, 37.9 with the best alone, 36.7 / 34.1 /
-# 37.3 / 37.9 / 35.6 with the best 2 / 3 / 4 / 5 / 6 (best last, the hop left out), and
-# 34.6 / 37.0 / 34.6 with the best 1 / 2 / 4 after the hop (kept: questions that take two steps).
+# most), the most important last, nearest the question: the 135M writer answers from what it
+# read last, and every sentence more leads it astray. SQuAD dev articles 3, 9, ..., 45 (160
+# questions), `ask` as benchmarked (bench_writer.py --sections ask --article-offset 3): token F1
+# 19.9 with the best 8 (hop included) in document order (commit 53f365d), 35.3 with these,
+# 36.4 with "who is" in the chat template only of a name (write_answer; 38.5 without the rule).
+# Exploring first (the writer alone, without the absent rule; a scratch script): 21.8 with the
+# best 8 in document order, 31.2 with the same 8 the best last, 37.9 with the best alone,
+# 36.7 / 34.1 / 37.3 / 37.9 / 35.6 with the best 2 / 3 / 4 / 5 / 6 the best last and no hop,
+# and 34.6 / 37.0 / 34.6 with the best 1 / 2 / 4 after the hop (kept: questions that take two
+# steps; on BABILong it answers qa2 at all only with the hop, README).
 WRITER_RANKED = 2
 HOP_PASSAGES = 3
 WRITER_ANSWER_TOKENS = 48
@@ -52,7 +56,9 @@ WRITER_ANSWER_TOKENS = 48
 # sample): token F1 19.0 without, 23.2 at 3, 26.5 at 6 with an instruction to answer in a few words
 # taken from the passages (32 tokens at most; the shipped wording and limit differ slightly).
 COPY_BIAS = 6.0
-SHOTS_COPY_BIAS = 0.0  # with the worked examples the writer copies without it
+# With the worked examples the writer copies without it: dev F1 (as above, the writer alone)
+# 37.2 without, 34.8 at +2, 26.5 at +4.
+SHOTS_COPY_BIAS = 0.0
 # No n-gram of an answer twice (stream.NgramBan): off. SQuAD dev articles 3, 9, ..., 45 (160
 # questions): token F1 15.72 without, 15.48 with 3-grams banned, 15.63 with 4-grams; a loop in
 # an answer ends it instead (writer._repeats).
@@ -141,9 +147,9 @@ def write_answer(writer: LoadedModel, evidence: list[Passage], question: str,
     """The writer's answer from the evidence (most important first) that fits its window,
     shown to it the other way round: the most important last, nearest the question
     (WRITER_RANKED). prompt: ASK_PROMPT unless given; shots: its worked examples."""
-    # "Who is X?" wants X described; given the worked examples the writer answers with the name
-    # itself ("Lord John Roxton"), in its chat template with a sentence about X
-    prompt = prompt or ("chat" if definition_pattern(question) is not None else ASK_PROMPT)
+    # "Who is X?" of a name wants X described; given the worked examples the writer answers with
+    # a name ("Lord John Roxton"), in its chat template with a sentence about X
+    prompt = prompt or ("chat" if asks_about_a_name(question) else ASK_PROMPT)
     if prompt not in ("chat", "shots"):
         raise ValueError(f"unknown ask prompt {prompt!r}")
     window = writer.config.segment_len

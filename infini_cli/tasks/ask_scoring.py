@@ -72,6 +72,20 @@ def definition_pattern(question: str) -> Optional[re.Pattern]:
     return re.compile(rf"\b{name}\b(?:,\s*{_DETERMINER}\b|\s+{copula}|,\s*(?:who|which)\s+{copula})", re.IGNORECASE)
 
 
+def asks_about_a_name(question: str) -> bool:
+    """"Who is Professor Challenger?", "What is Engineering News-Record?": the question asks
+    what a name is (its subject is capitalised throughout, no possessive). "Who is the chair
+    of the IPCC?", "What is Tesla's home country?" or "What is north of the garden?" ask for
+    a name or a phrase instead."""
+    m = _DEFINITION_QUESTION.match(question)
+    if not m:
+        return False
+    subject = m.group(1).strip(" \"'")
+    ws = subject.split()
+    return (0 < len(ws) <= 6 and not re.search(r"['’]s\b", subject)
+            and all(w[0].isupper() or w[0].isdigit() for w in ws))
+
+
 @dataclass
 class AskWeights:
     bigram: float = 1.0  # per shared term bigram
