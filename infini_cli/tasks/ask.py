@@ -3,11 +3,11 @@
 The document streams through the reader once (or comes from the cache); as it does, a fixed
 pool of candidate sentences is kept for the question (see ask_scoring.AskPool). The pool is
 ranked with the whole document's statistics, and the answer is written by the writer from
-the best evidence and its second hop (ask_scoring.second_hop, from the cached sentences), after
-worked examples or, for "Who is X?", in its chat template ("written"), or without a
-writer is the best evidence
-itself ("extractive"), or, for a checkpoint of ours trained to answer, generated from the
-saved document memory with the evidence and the question in its local window ("generated").
+the best evidence and its second hop (ask_scoring.second_hop, from the cached sentences), the
+best last, after worked examples or, for "Who is X?" of a name, in its chat template
+("written"); without a writer it is the best evidence itself ("extractive"), or, for a
+checkpoint of ours trained to answer, generated from the saved document memory with the
+evidence and the question in its local window ("generated").
 """
 
 from __future__ import annotations
