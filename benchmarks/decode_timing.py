@@ -20,7 +20,7 @@ from infini_cli.registry import resolve_model
 
 VALID = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "books" / "valid"
 
-Step = Callable[[Decoder, torch.Tensor], torch.Tensor]
+Step = Callable[[Decoder, torch.Tensor], torch.Tensor]  # (decoder, tokens [B]) -> logits [B, vocab]
 
 
 def parser(doc: Optional[str]) -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ def writer_and_novels(name: str) -> Optional[tuple[Path, LoadedModel, list[Path]
 
 def novel_text(book: Path) -> str:
     """The stretch of a novel the decoding benchmarks prompt with (past its front matter)."""
-    return book.read_text(encoding="utf-8", errors="replace")[30000:60000]  # (decoder, tokens [B]) -> logits [B, vocab]
+    return book.read_text(encoding="utf-8", errors="replace")[30000:60000]
 
 
 def eager_step(dec: Decoder, tok: torch.Tensor) -> torch.Tensor:

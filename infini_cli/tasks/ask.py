@@ -142,7 +142,7 @@ def shots_prompt(question: str, passages: list[str], shots: Sequence[tuple[str, 
 
 def write_answer(writer: LoadedModel, evidence: list[Passage], question: str,
                  on_text: Optional[Callable[[str], None]] = None, max_tokens: int = WRITER_ANSWER_TOKENS,
-                 bias: Optional[float] = None, passages: Optional[int] = None, prompt: Optional[str] = None,
+                 bias: Optional[float] = None, prompt: Optional[str] = None,
                  shots: Sequence[tuple[str, str, str]] = ASK_SHOTS) -> str:
     """The writer's answer from the evidence (most important first) that fits its window,
     shown to it the other way round: the most important last, nearest the question
@@ -168,8 +168,7 @@ def write_answer(writer: LoadedModel, evidence: list[Passage], question: str,
     if budget < 32:
         raise InputError(f"{writer.header.path}: its window ({writer.config.segment_len} tokens) is too small for "
                          "a question and its evidence; convert it with a larger --segment-len")
-    chosen = evidence[:passages] if passages else evidence
-    texts = fit_passages(writer, [p.text for p in chosen], budget)[::-1]  # a prefix, its last maybe cut
+    texts = fit_passages(writer, [p.text for p in evidence], budget)[::-1]  # a prefix, its last maybe cut
     if prompt == "shots":
         return complete(writer, shots_prompt(question, texts, shots), max_tokens, on_text, sources=texts + [question],
                         bias=SHOTS_COPY_BIAS if bias is None else bias, no_repeat_ngram=NO_REPEAT_NGRAM,
