@@ -13,7 +13,9 @@ Sections:
   and token F1 (official normalisation; best over the gold answers). Absent answers: the
   same questions asked of the next article, where the answer is not: how often ask says the
   document does not say (and how often it says so when the answer is there). Each answer
-  also without ask's rule on the question's words (the writer alone). --article-offset
+  also without ask's rule on the question's words (the writer alone). --ask-oracle adds the
+  writer alone given the best-ranked sentence that holds a gold answer: the ceiling of a
+  perfect ranking for this writer. --article-offset
   moves the sample (the rule and the settings were chosen with offset 3, reported with 0).
 - absent-rule: that rule at several thresholds on the same sample, from the reader's
   statistics alone (no writer): absent answers caught, present ones turned away.
@@ -111,15 +113,27 @@ def best(metric, prediction: str, golds: list[str]) -> float:
 
 # ----------------------------------------------------------------------------- ask
 
-def evidence_of(rd, ps, q):
-    """What `infini ask` gives the writer: the best evidence and its second hop."""
-    from infini_cli.tasks.ask import HOP_PASSAGES, RANKED_DEPTH, writer_evidence
-    from infini_cli.tasks.ask_scoring import AskPool, AskWeights, QuestionScorer, second_hop
+ORACLE = "written from the answer's sentence (oracle)"
+
+RANKING_DEPTHS = (1, 2, 4, 8, 16)
+
+
+def ranking_of(rd, ps, q):
+    """The evidence ranking `infini ask` makes, best first."""
+    from infini_cli.tasks.ask_scoring import AskPool, AskWeights, QuestionScorer
 
     pool = AskPool(QuestionScorer(q, AskWeights()))
     for p in ps:
         pool.add(p, rd.index.stats)
-    ranked = pool.ranked(rd.index.stats)[:RANKED_DEPTH]
+    return pool.ranked(rd.index.stats)
+
+
+def evidence_of(rd, ps, q):
+    """What `infini ask` gives the writer: the best evidence and its second hop."""
+    from infini_cli.tasks.ask import HOP_PASSAGES, RANKED_DEPTH, writer_evidence
+    from infini_cli.tasks.ask_scoring import second_hop
+
+    ranked = ranking_of(rd, ps, q)[:RANKED_DEPTH]
     return writer_evidence(ranked, second_hop(q, ranked, ps, rd.index.stats, HOP_PASSAGES) if ranked else [])
 
 
@@ -172,8 +186,20 @@ def bench_absent_rule(reader, data_dir: Path, workdir: Path, n_articles: int, n_
             "shipped_threshold": MIN_QUESTION_COVERAGE, "rows": rows}
 
 
+def oracle_evidence(rd, ps, q, golds: list[str]):
+    """The best-ranked sentence of the document that holds a gold answer ([] where none does,
+    the answer split between sentences): what the writer would read with a perfect ranking."""
+    from infini_cli.tasks.ask_scoring import AskPool, AskWeights, QuestionScorer
+
+    pool = AskPool(QuestionScorer(q, AskWeights()), size=len(ps) + 1)
+    for p in ps:
+        pool.add(p, rd.index.stats)
+    ranked = pool.ranked(rd.index.stats)  # then a sentence sharing no word with the question
+    return [p for p in ranked + list(ps) if holds([p], golds)][:1]
+
+
 def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_questions: int,
-              offset: int = 0, prompt: Optional[str] = None, shots: Optional[int] = None) -> dict:
+              offset: int = 0, prompt: Optional[str] = None, shots: Optional[int] = None, oracle: bool = False) -> dict:
     from infini_cli.tasks.ask import ASK_SHOTS, write_answer
     from infini_cli.tasks.ask_scoring import unmentioned_words
     from infini_cli.tasks.writer import NOT_IN_DOCUMENT
@@ -184,6 +210,8 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
     t0 = time.perf_counter()
     said_absent = lambda text: NOT_IN_DOCUMENT.lower().rstrip(".") in text.lower()  # noqa: E731
     systems = ("written", "written, without the absent rule", "extractive", "extractive, without the absent rule")
+    if oracle:
+        systems += (ORACLE,)
 
     def answers_of(rd, ev, q) -> dict[str, str]:
         """Every system's answer: as `infini ask` answers with the writer ("written") and without
@@ -202,12 +230,19 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
             q, golds = qa["question"], [a["text"] for a in qa["answers"]]
             ev = evidence_of(rd, ps, q)
             here = answers_of(rd, ev, q)
+            if oracle:  # the ceiling: the writer alone, given the sentence that holds the answer
+                best_ev = oracle_evidence(rd, ps, q, golds)
+                tot["oracle_found"] += bool(best_ev)
+                here[ORACLE] = write_answer(writer, best_ev, q, prompt=prompt) if best_ev else ""
             tot["n"] += 1
             for system, answer in here.items():
                 tot[f"{system} em"] += best(exact_match, answer, golds)
                 tot[f"{system} f1"] += best(f1_score, answer, golds)
                 tot[f"{system} said absent when present"] += said_absent(answer)
             tot["evidence_holds"] += holds(ev, golds)
+            ranking = ranking_of(rd, ps, q)
+            for depth in RANKING_DEPTHS:
+                tot[f"ranking holds at {depth}"] += holds(ranking[:depth], golds)
             # the same question of another article: the answer should be absent there
             ord_, ops = doc(other)
             oev = evidence_of(ord_, ops, q)
@@ -226,9 +261,11 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
             "rows": {system: {"em": round(100 * tot[f"{system} em"] / n, 2), "f1": round(100 * tot[f"{system} f1"] / n, 2),
                               "says_absent_when_present": round(tot[f"{system} said absent when present"] / n, 4),
                               "says_absent_when_absent": round(tot[f"{system} said absent when absent"] / absent_n, 4)
-                              if absent_n else None}
+                              if absent_n and system != ORACLE else None}
                      for system in systems},
             "evidence_holds_answer": round(tot["evidence_holds"] / n, 4),
+            "ranking_holds_answer": {str(d): round(tot[f"ranking holds at {d}"] / n, 4) for d in RANKING_DEPTHS},
+            **({"oracle_sentence_found": round(tot["oracle_found"] / n, 4)} if oracle else {}),
             "absent_questions": absent_n,
             "examples": examples}
 
@@ -530,6 +567,12 @@ def print_report(res: dict) -> None:
             when_absent = "-" if v["says_absent_when_absent"] is None else f"{v['says_absent_when_absent']:.1%}"
             print(f"{k:38} {v['em']:6.2f} {v['f1']:6.2f}  {when_absent}  {v['says_absent_when_present']:.1%}")
         print(f"evidence holds the answer: {a['evidence_holds_answer']:.1%}")
+        if "ranking_holds_answer" in a:
+            print("the best N evidence sentences hold it: " + ", ".join(
+                f"{d}: {v:.1%}" for d, v in a["ranking_holds_answer"].items()))
+        if "oracle_sentence_found" in a:
+            print(f"oracle: a sentence of the document holds the answer for {a['oracle_sentence_found']:.1%} "
+                  "(the others score 0)")
     if "absent_rule" in res:
         r = res["absent_rule"]
         print(f"\nask's rule on the question's words, articles {r['articles']}: {r['absent_questions']} absent answers, "
@@ -595,6 +638,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--ask-ranked", type=int, default=None,
                     help="ask: the writer reads the best N evidence sentences beside the second hop "
                          "(default: the product's, tasks.ask.WRITER_RANKED; for tuning on --article-offset 3)")
+    ap.add_argument("--ask-oracle", action="store_true",
+                    help="ask: also the writer alone from the best-ranked sentence that holds a gold answer "
+                         "(the ceiling of a perfect ranking; one more writer call a question)")
     ap.add_argument("--reps", type=int, default=3,
                     help="speed, llamacpp, summarize-speed: runs per row (the median is reported)")
     ap.add_argument("--gguf", type=Path, default=None, help="llamacpp: the GGUF the writer was converted from")
@@ -671,7 +717,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         log(f"the writer decodes {res['decoding']}")
         if "ask" in sections:
             res["ask"] = bench_ask(reader, writer, args.data, args.workdir, args.articles, args.questions,
-                                   args.article_offset, args.ask_prompt, args.ask_shots)
+                                   args.article_offset, args.ask_prompt, args.ask_shots, args.ask_oracle)
         if "summarize" in sections:
             res["summarize"] = bench_summarize(reader, writer, args.data, args.workdir, args.stories, args.words,
                                                args.split)

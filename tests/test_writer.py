@@ -239,3 +239,26 @@ def test_who_is_questions_are_asked_in_the_chat_template_others_with_examples(wr
     evidence = [Passage("Thomas Telford, the engineer, built the bridge in 1826.", 0, 0, None, 1, ["telford"])]
     ask_task.write_answer(load_checkpoint(writer_path), evidence, question)
     assert used == [prompt]
+
+
+def test_a_phrase_answer_drops_the_restated_question_as_it_streams_and_a_chat_answer_keeps_it(writer_path,
+                                                                                             monkeypatch):
+    from infini_cli.tasks import ask as ask_task
+    from infini_cli.tasks.passages import Passage
+
+    said = "The bridge was built by Thomas Telford."
+
+    def scripted(loaded, text, max_tokens, on_text=None, *args, **kwargs):
+        for word in said.split(" "):
+            on_text(word if word == "The" else " " + word)
+        return said
+
+    monkeypatch.setattr(ask_task, "complete", scripted)
+    monkeypatch.setattr(ask_task, "write", scripted)
+    evidence = [Passage("Thomas Telford built the bridge in 1826.", 0, 0, None, 1, ["telford"])]
+    w = load_checkpoint(writer_path)
+    for question, expected in (("Who built the bridge?", "Thomas Telford."),  # shots: a phrase
+                               ("Who is Thomas Telford?", said)):              # chat: a sentence about X
+        shown: list[str] = []
+        assert ask_task.write_answer(w, evidence, question, on_text=shown.append) == expected
+        assert "".join(shown) == expected

@@ -5,7 +5,8 @@ pool of candidate sentences is kept for the question (see ask_scoring.AskPool). 
 ranked with the whole document's statistics, and the answer is written by the writer from
 the best evidence and its second hop (ask_scoring.second_hop, from the cached sentences), the
 best last, after worked examples or, for "Who is X?" of a name, in its chat template
-("written"); without a writer it is the best evidence itself ("extractive"), or, for a
+("written"; a phrase that first restates the question is cut to the answer, restatement.py);
+without a writer it is the best evidence itself ("extractive"), or, for a
 checkpoint of ours trained to answer, generated from the saved document memory with the
 evidence and the question in its local window ("generated").
 """
@@ -26,6 +27,7 @@ from .ask_scoring import (AskPool, AskWeights, QuestionScorer, asks_about_a_name
                           unmentioned_words)
 from .passages import DocumentIndex, Passage
 from .reading import generates_answers, read_or_load
+from .restatement import RestatementFilter, drop_restatement
 from .writer import NOT_IN_DOCUMENT, complete, fit_passages, write
 
 EXTRACTIVE = "extractive"
@@ -169,10 +171,13 @@ def write_answer(writer: LoadedModel, evidence: list[Passage], question: str,
         raise InputError(f"{writer.header.path}: its window ({writer.config.segment_len} tokens) is too small for "
                          "a question and its evidence; convert it with a larger --segment-len")
     texts = fit_passages(writer, [p.text for p in evidence], budget)[::-1]  # a prefix, its last maybe cut
-    if prompt == "shots":
-        return complete(writer, shots_prompt(question, texts, shots), max_tokens, on_text, sources=texts + [question],
-                        bias=SHOTS_COPY_BIAS if bias is None else bias, no_repeat_ngram=NO_REPEAT_NGRAM,
-                        one_line=True)
+    if prompt == "shots":  # a phrase: what restates the question is dropped, as it streams too
+        shown = RestatementFilter(question, on_text)
+        answer = complete(writer, shots_prompt(question, texts, shots), max_tokens, shown, sources=texts + [question],
+                          bias=SHOTS_COPY_BIAS if bias is None else bias, no_repeat_ngram=NO_REPEAT_NGRAM,
+                          one_line=True)
+        shown.finish()
+        return drop_restatement(answer, question)
     return write(writer, writer_messages(question, texts), max_tokens, on_text, sources=texts + [question],
                  bias=COPY_BIAS if bias is None else bias, no_repeat_ngram=NO_REPEAT_NGRAM)
 
