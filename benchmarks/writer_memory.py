@@ -5,6 +5,12 @@
     python benchmarks/writer_memory.py eval --gates runs/writer-gates/gates.safetensors \
         --docs 12 --tokens 16384 --out benchmarks/results/smollm2/writer-memory.json
 
+    # the second try: low-rank query/key adapters and the gates, through the memory, on passkeys
+    # and book text (infini_cli/training/writer_adapters.py), then the same measures
+    python benchmarks/writer_memory.py train-adapters --out runs/writer-adapters --steps 150
+    python benchmarks/writer_memory.py eval --adapters runs/writer-adapters/adapters.safetensors \
+        --docs 4 --passkey-lengths 4096,8192 --out benchmarks/results/smollm2/writer-adapters.json
+
 eval reports, on the books/valid novels (never trained on), the perplexity of each segment of
 a 16K-token window streamed with the trained gates' memory against local-only (each segment
 alone, as the product's writer reads today) and against the trained gates with a memory that
@@ -33,6 +39,7 @@ from infini_cli.quantize import prompt_dtype  # noqa: E402
 from infini_cli.registry import resolve_model  # noqa: E402
 from infini_cli.tasks.passkey import run_cell  # noqa: E402
 from infini_cli.tasks.passkey_prompt import Haystack, PasskeyPromptBuilder  # noqa: E402
+from infini_cli.training.writer_adapters import WriterAdapterConfig, apply_adapters, train_adapters  # noqa: E402
 from infini_cli.training.writer_memory import WriterMemoryConfig, apply_gates, segment_losses, train_gates  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "books"
@@ -55,6 +62,26 @@ def cmd_train(args) -> int:
           f"documents of {cfg.doc_segments} segments; gates only", flush=True)
     try:
         print(f"gates in {train_gates(loaded.model, loaded.tokenizer, cfg, log=lambda s: print(s, flush=True))}")
+    except KeyboardInterrupt:  # saved after every document: at most one document is lost
+        print(f"interrupted; run the same command again to resume from {cfg.out_dir}")
+        return 130
+    return 0
+
+
+def cmd_train_adapters(args) -> int:
+    if not any((SHARED / "train").glob("*.txt")):
+        print(f"skipped: no novels in {SHARED / 'train'}")
+        return 0
+    path, loaded = load_writer(args.writer)
+    cfg = WriterAdapterConfig(checkpoint=str(path), out_dir=str(args.out), data_dir=str(SHARED / "train"),
+                              steps=args.steps, rank=args.rank, lr=args.lr, book_every=args.book_every,
+                              seed=args.seed)
+    builder = PasskeyPromptBuilder(loaded.tokenizer, Haystack.standard(loaded.tokenizer))
+    print(f"writer {path.name}: {cfg.steps} steps of one two-segment document ({loaded.config.segment_len} tokens "
+          f"a segment), query/key adapters of rank {cfg.rank} and the gates", flush=True)
+    try:
+        out = train_adapters(loaded.model, loaded.tokenizer, builder, cfg, log=lambda s: print(s, flush=True))
+        print(f"adapters in {out}")
     except KeyboardInterrupt:  # saved after every document: at most one document is lost
         print(f"interrupted; run the same command again to resume from {cfg.out_dir}")
         return 130
@@ -108,6 +135,18 @@ def cmd_eval(args) -> int:
     rows = {"local-only": {"perplexity": perplexities(model, docs, use_memory=False)}}
     if lengths:
         rows["local-only"]["passkey"] = passkey(loaded, lengths, depths, args.trials)
+    if args.gates and args.adapters:
+        print("give --gates or --adapters, not both")
+        return 2
+    if args.adapters:
+        apply_adapters(model, args.adapters)
+        rows["trained adapters and gates, memory never written"] = {
+            "perplexity": perplexities(model, docs, True, write=False)}
+        rows["memory, trained adapters and gates"] = {"perplexity": perplexities(model, docs, use_memory=True),
+                                                      "gates_mean": round(model.gates().mean().item(), 5),
+                                                      "gates_max": round(model.gates().max().item(), 5)}
+        if lengths:
+            rows["memory, trained adapters and gates"]["passkey"] = passkey(loaded, lengths, depths, args.trials)
     if args.gates:
         apply_gates(model, args.gates)
         # the control: the same gates mixing in an empty memory (nothing remembered) everywhere
@@ -117,14 +156,15 @@ def cmd_eval(args) -> int:
                                          "gates_max": round(model.gates().max().item(), 5)}
         if lengths:
             rows["memory, trained gates"]["passkey"] = passkey(loaded, lengths, depths, args.trials)
-    result = {"writer": str(path), "gates": str(args.gates) if args.gates else None, "segment_len": seg,
+    result = {"writer": str(path), "gates": str(args.gates) if args.gates else None,
+              "adapters": str(args.adapters) if args.adapters else None, "segment_len": seg,
               "docs": len(docs), "tokens_per_doc": args.tokens, "threads": torch.get_num_threads(),
               "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
     print(f"perplexity by segment ({len(docs)} books/valid windows of {args.tokens:,} tokens, segments of {seg}):")
     for name, r in rows.items():
         p = r["perplexity"]
         after = sum(p[1:]) / max(1, len(p) - 1)
-        print(f"  {name:22} " + " ".join(f"{x:7.3f}" for x in p) + f"   segments 2+: {after:.3f}")
+        print(f"  {name:48} " + " ".join(f"{x:7.3f}" for x in p) + f"   segments 2+: {after:.3f}")
         r["perplexity_after_first"] = round(after, 4)
         r["perplexity"] = [round(x, 4) for x in p]
         for cell, c in r.get("passkey", {}).items():
@@ -149,8 +189,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     tr.add_argument("--gate-start", type=float, default=-4.0)
     tr.add_argument("--lr", type=float, default=0.05)
     tr.add_argument("--seed", type=int, default=0)
+    ta = sub.add_parser("train-adapters", help="train query/key adapters and the gates (resumes from --out)")
+    ta.add_argument("--out", type=Path, default=Path("runs/writer-adapters"))
+    ta.add_argument("--steps", type=int, default=150)
+    ta.add_argument("--rank", type=int, default=8)
+    ta.add_argument("--lr", type=float, default=1e-3)
+    ta.add_argument("--book-every", type=int, default=2)
+    ta.add_argument("--seed", type=int, default=0)
     ev = sub.add_parser("eval", help="perplexity and passkey: trained gates' memory against local-only")
     ev.add_argument("--gates", type=Path, default=None, help="gates.safetensors from train (none: local-only rows)")
+    ev.add_argument("--adapters", type=Path, default=None, help="adapters.safetensors from train-adapters")
     ev.add_argument("--docs", type=int, default=12)
     ev.add_argument("--tokens", type=int, default=16384)
     ev.add_argument("--passkey-lengths", default="1024,8192")
@@ -160,7 +208,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    return cmd_train(args) if args.cmd == "train" else cmd_eval(args)
+    return {"train": cmd_train, "train-adapters": cmd_train_adapters, "eval": cmd_eval}[args.cmd](args)
 
 
 if __name__ == "__main__":
