@@ -39,7 +39,7 @@ from ..quantize import prompt_dtype
 from ..tasks.passkey_prompt import PasskeyPromptBuilder
 from ..tokenizer import TextTokenizer
 from .train import cosine_lr
-from .writer_memory import book_documents, gate_names, gate_params
+from .writer_memory import book_documents, gate_names, gate_params, resume_or_start
 
 MIN_LR_RATIO = 0.1
 
@@ -171,23 +171,7 @@ def train_adapters(model: InfiniTransformer, tok: TextTokenizer, builder: Passke
     opt = torch.optim.Adam([{"params": adapters, "lr": cfg.lr, "base": cfg.lr},
                             {"params": gates, "lr": cfg.gate_lr, "base": cfg.gate_lr}], eps=1e-10)
     state_path, rng = out / "state.pt", random.Random(cfg.seed)
-    step = 0
-    if state_path.exists():
-        saved = torch.load(state_path, weights_only=False)
-        if saved["config"] != dataclasses.asdict(cfg) | {"steps": saved["config"]["steps"]}:
-            raise ValueError(f"{out}: a run with another configuration is there; use another --out")
-        with torch.no_grad():
-            for p, t in zip(adapters + gates, saved["params"]):
-                p.copy_(t)
-        opt.load_state_dict(saved["opt"])
-        rng.setstate(saved["rng"])
-        step = saved["step"]
-        log(f"resumed at step {step}")
-    else:
-        with torch.no_grad():
-            for g in gates:
-                g.fill_(cfg.gate_start)
-        (out / "config.json").write_text(cfg.to_json())
+    step = resume_or_start(out, cfg, adapters + gates, gates, opt, rng, "params", log)
     model.train()
     books = sorted(Path(cfg.data_dir).glob("*.txt"))
     use_bf16 = cfg.bf16 and (model.lm_head.weight.device.type == "cuda" or prompt_dtype() == torch.bfloat16)

@@ -146,6 +146,30 @@ def book_documents(paths: list[Path], tok: TextTokenizer, n_tokens: int, rng: ra
             raise ValueError(f"no book in {paths[0].parent} holds a window of {n_tokens} tokens")
 
 
+def resume_or_start(out: Path, cfg, trained: list[torch.nn.Parameter], gates: list[torch.nn.Parameter],
+                    opt: torch.optim.Optimizer, rng: random.Random, key: str, log: Callable[[str], None]) -> int:
+    """Go on with the run saved in out/state.pt (the trained parameters under `key`; refused
+    if its configuration differs, the step count aside) or start one (the gates at
+    cfg.gate_start, out/config.json written); returns the step to go on from."""
+    state_path = out / "state.pt"
+    if not state_path.exists():
+        with torch.no_grad():
+            for g in gates:
+                g.fill_(cfg.gate_start)
+        (out / "config.json").write_text(cfg.to_json())
+        return 0
+    saved = torch.load(state_path, weights_only=False)
+    if saved["config"] != dataclasses.asdict(cfg) | {"steps": saved["config"]["steps"]}:
+        raise ValueError(f"{out}: a run with another configuration is there; use another --out")
+    with torch.no_grad():
+        for p, t in zip(trained, saved[key]):
+            p.copy_(t)
+    opt.load_state_dict(saved["opt"])
+    rng.setstate(saved["rng"])
+    log(f"resumed at step {saved['step']}")
+    return saved["step"]
+
+
 def train_gates(model: InfiniTransformer, tok: TextTokenizer, cfg: WriterMemoryConfig,
                 log: Callable[[str], None] = print, stop: Optional[Callable[[], bool]] = None) -> Path:
     """Train the gates per cfg, resuming from cfg.out_dir if a run is there; returns the gates' file."""
@@ -154,23 +178,7 @@ def train_gates(model: InfiniTransformer, tok: TextTokenizer, cfg: WriterMemoryC
     gates = freeze_all_but_gates(model)
     opt = torch.optim.Adam(gates, lr=cfg.lr, eps=1e-10)
     state_path, rng = out / "state.pt", random.Random(cfg.seed)
-    step = 0
-    if state_path.exists():
-        saved = torch.load(state_path, weights_only=False)
-        if saved["config"] != dataclasses.asdict(cfg) | {"steps": saved["config"]["steps"]}:
-            raise ValueError(f"{out}: a run with another configuration is there; use another --out")
-        with torch.no_grad():
-            for g, t in zip(gates, saved["gates"]):
-                g.copy_(t)
-        opt.load_state_dict(saved["opt"])
-        rng.setstate(saved["rng"])
-        step = saved["step"]
-        log(f"resumed at step {step}")
-    else:
-        with torch.no_grad():
-            for g in gates:
-                g.fill_(cfg.gate_start)
-        (out / "config.json").write_text(cfg.to_json())
+    step = resume_or_start(out, cfg, gates, gates, opt, rng, "gates", log)
     model.train()
 
     books = sorted(Path(cfg.data_dir).glob("*.txt"))
