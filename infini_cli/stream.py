@@ -234,6 +234,7 @@ def generate(
     logit_bias: Optional[torch.Tensor] = None,
     no_repeat_ngram: int = 0,
     compiled: Optional[CompiledStep] = None,
+    first_ban: Sequence[int] = (),
 ) -> Iterator[int]:
     """Continue the stream: feed the prompt, then yield generated tokens one by one.
 
@@ -243,8 +244,9 @@ def generate(
     segment where they fit (start_segment_for). `logit_bias` [vocab] is added to every
     step's logits (a writer leaning towards the words of its evidence). With no_repeat_ngram
     n >= 2, no generated n-gram is generated twice (NgramBan). With `compiled` (a package
-    decode_compiled.load_compiled gave for this model), one stream decodes through it. The caller's
-    `state` is not modified (tensors are replaced, never written in place).
+    decode_compiled.load_compiled gave for this model), one stream decodes through it. The
+    tokens of `first_ban` are never the first one generated. The caller's `state` is not
+    modified (tensors are replaced, never written in place).
     """
     if not prompt:
         raise ValueError("generate needs at least one prompt token")
@@ -271,6 +273,8 @@ def generate(
         step = last if bias is None else last.float() + bias
         if ban is not None and (banned := ban.banned(out)):
             step = step.float().index_fill(0, torch.tensor(banned, device=device), float("-inf"))
+        if first_ban and not out:
+            step = step.float().index_fill(0, torch.tensor(list(first_ban), device=device), float("-inf"))
         tok = sample_next(step, sampling, gen)
         out.append(tok)
         if ban is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from infini_cli.tasks.restatement import RestatementFilter, drop_restatement, restatement_end
+from infini_cli.tasks.restatement import RestatementFilter, drop_restatement, echoes_question, restatement_end
 from infini_cli.tasks.writer import NOT_IN_DOCUMENT
 
 CASES = [
@@ -64,3 +64,15 @@ def test_a_stream_holds_back_only_until_the_answer_starts():
     stream(" stands")
     assert "".join(shown) == "1852. It stands"  # then every piece as it comes
     assert restatement_end("The museum was", "When was the museum founded?", complete=False) is None
+
+
+@pytest.mark.parametrize("question, answer, echoes", [
+    ("What dynasty came before the Yuan?", "Yuan", True),
+    ("What dynasty came before the Yuan?", "the Yuan dynasty", True),
+    ("What dynasty came before the Yuan?", "Song dynasty", False),
+    ("Which is more costly, formal or informal imperialism?", "informal", False),  # a choice: the answer is asked
+    ("What does the document say?", NOT_IN_DOCUMENT, False),
+    ("Who?", "", False),
+])
+def test_an_answer_of_the_questions_words_alone_echoes_it(question, answer, echoes):
+    assert echoes_question(answer, question) is echoes

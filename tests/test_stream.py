@@ -139,6 +139,22 @@ def test_generate_with_no_repeat_ngram_never_repeats_one(n):
         assert t == max(allowed, key=lambda v: float(logits[0, -1, v]))
 
 
+def test_a_banned_first_token_is_never_the_first_and_the_rest_decodes_as_usual():
+    """first_ban: the best token not banned starts the answer; from the second token on the
+    ban no longer applies (it equals decoding on from the prompt and that first token)."""
+    cfg = preset("tiny")
+    model = random_model(cfg, seed=9)
+    prompt = [1, 2, 3]
+    plain = list(generate(model, StreamState.empty(cfg), prompt, max_new_tokens=6))
+    logits, _ = feed(model, StreamState.empty(cfg), prompt, logits="last")
+    ranked = logits[0, -1].argsort(descending=True).tolist()
+    assert plain[0] == ranked[0]
+    banned = ranked[:3]
+    got = list(generate(model, StreamState.empty(cfg), prompt, max_new_tokens=6, first_ban=banned))
+    assert got[0] == ranked[3]
+    assert got[1:] == list(generate(model, StreamState.empty(cfg), prompt + got[:1], max_new_tokens=5))
+
+
 def test_sampling_is_deterministic_with_a_seed():
     cfg = preset("tiny")
     model = random_model(cfg, seed=6)

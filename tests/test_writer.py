@@ -262,3 +262,31 @@ def test_a_phrase_answer_drops_the_restated_question_as_it_streams_and_a_chat_an
         shown: list[str] = []
         assert ask_task.write_answer(w, evidence, question, on_text=shown.append) == expected
         assert "".join(shown) == expected
+
+
+def test_an_answer_that_only_echoes_the_question_is_asked_again_starting_otherwise(writer_path, monkeypatch):
+    """"Yuan" to "What dynasty came before the Yuan?" is never shown: the writer is asked
+    once more, its first token none that starts a word of the question or a stop word."""
+    from infini_cli.tasks import ask as ask_task
+    from infini_cli.tasks.passages import Passage
+
+    calls = []
+
+    def scripted(loaded, text, max_tokens, on_text=None, *args, avoid_first=(), **kwargs):
+        said = "Song dynasty" if avoid_first else "the Yuan"
+        calls.append(list(avoid_first))
+        for piece in said.split(" "):
+            on_text(piece + " ")
+        return said
+
+    monkeypatch.setattr(ask_task, "complete", scripted)
+    w = load_checkpoint(writer_path)
+    evidence = [Passage("The Song dynasty ruled before the Yuan.", 0, 0, None, 1, ["song"])]
+    shown: list[str] = []
+    question = "What dynasty came before the Yuan?"
+    assert ask_task.write_answer(w, evidence, question, on_text=shown.append) == "Song dynasty"
+    assert "".join(shown).strip() == "Song dynasty"
+    assert calls[0] == [] and set(calls[1]) >= {w.tokenizer.encode(" Yuan")[0], w.tokenizer.encode(" the")[0]}
+    calls.clear()
+    assert ask_task.write_answer(w, evidence, "Which came first, the Song or the Yuan?") == "the Yuan"  # a choice
+    assert len(calls) == 1

@@ -9,7 +9,7 @@ writer reads the evidence (README, "Which model reads and which writes").
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from ..checkpoint import LoadedModel
 from ..memory import StreamState
@@ -101,12 +101,12 @@ def write(loaded: LoadedModel, messages: list[dict[str, str]], max_tokens: int,
 
 def complete(loaded: LoadedModel, prompt_text: str, max_tokens: int, on_text: Optional[Callable[[str], None]] = None,
              sources: Optional[list[str]] = None, bias: float = 0.0, no_repeat_ngram: int = 0,
-             one_line: bool = False) -> str:
+             one_line: bool = False, avoid_first: Sequence[int] = ()) -> str:
     """Greedy continuation of `prompt_text` in a fresh stream; streamed to on_text as it is decided.
 
     sources, bias: lean towards the tokens of these texts (see copy_bias); no_repeat_ngram:
     no n-gram of the answer twice (stream.NgramBan); one_line: the continuation ends at the
-    end of its first line that holds any text."""
+    end of its first line that holds any text; avoid_first: tokens it may not start with."""
     from ..stream import generate
 
     tok = loaded.tokenizer
@@ -124,7 +124,7 @@ def complete(loaded: LoadedModel, prompt_text: str, max_tokens: int, on_text: Op
         logit_bias[tok.eos_id] = bias  # ending is always allowed as much as copying
     line_ended = (lambda out: "\n" in tok.decode(out).strip()) if one_line else (lambda out: False)
     for t in generate(loaded.model, state, prompt, max_tokens, logit_bias=logit_bias, no_repeat_ngram=no_repeat_ngram,
-                      compiled=loaded.compiled_decode,
+                      compiled=loaded.compiled_decode, first_ban=avoid_first,
                       stop=lambda out: out[-1] == tok.eos_id or _repeats(out) or line_ended(out)):
         if t == tok.eos_id:
             break
