@@ -7,9 +7,10 @@
 
     # the second try: low-rank query/key adapters and the gates, through the memory, on passkeys
     # and book text (infini_cli/training/writer_adapters.py), then the same measures
-    python benchmarks/writer_memory.py train-adapters --out runs/writer-adapters --steps 150
+    python benchmarks/writer_memory.py train-adapters --out runs/writer-adapters --steps 180
     python benchmarks/writer_memory.py eval --adapters runs/writer-adapters/adapters.safetensors \
-        --docs 4 --passkey-lengths 4096,8192 --out benchmarks/results/smollm2/writer-adapters.json
+        --docs 4 --passkey-lengths 4096,8192 --passkey-depths 0,0.5 --trials 5 \
+        --out benchmarks/results/smollm2/writer-adapters.json
 
 eval reports, on the books/valid novels (never trained on), the perplexity of each segment of
 a 16K-token window streamed with the trained gates' memory against local-only (each segment
@@ -191,10 +192,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     tr.add_argument("--seed", type=int, default=0)
     ta = sub.add_parser("train-adapters", help="train query/key adapters and the gates (resumes from --out)")
     ta.add_argument("--out", type=Path, default=Path("runs/writer-adapters"))
-    ta.add_argument("--steps", type=int, default=150)
+    ta.add_argument("--steps", type=int, default=180)
     ta.add_argument("--rank", type=int, default=8)
-    ta.add_argument("--lr", type=float, default=1e-3)
-    ta.add_argument("--book-every", type=int, default=2)
+    ta.add_argument("--lr", type=float, default=2e-3)
+    ta.add_argument("--book-every", type=int, default=3)
     ta.add_argument("--seed", type=int, default=0)
     ev = sub.add_parser("eval", help="perplexity and passkey: trained gates' memory against local-only")
     ev.add_argument("--gates", type=Path, default=None, help="gates.safetensors from train (none: local-only rows)")

@@ -49,13 +49,13 @@ class WriterAdapterConfig:
     checkpoint: str = ""                        # the converted writer (float or int8 file)
     out_dir: str = "runs/writer-adapters"
     data_dir: str = "../shared/data/books/train"
-    steps: int = 150                            # optimizer steps, one two-segment document each
+    steps: int = 180                            # optimizer steps, one two-segment document each
     rank: int = 8                               # of each layer's query and key update
-    lr: float = 1e-3                            # adapters
+    lr: float = 2e-3                            # adapters
     gate_lr: float = 0.05
     gate_start: float = -4.0                    # sigmoid 1.8%, as the gates-only run
     warmup: int = 10
-    book_every: int = 2                         # every 2nd document is book text, the rest passkeys
+    book_every: int = 3                         # every 3rd document is book text, the rest passkeys
     seed: int = 0
     bf16: bool = True
 
