@@ -17,7 +17,8 @@ a 16K-token window streamed with the trained gates' memory against local-only (e
 alone, as the product's writer reads today) and against the trained gates with a memory that
 is never written (what the gates change without anything remembered: a gate also scales the
 local attention by 1 - g), and the passkey beyond the writer's window (the key in the first
-segment, the question segments later) with local-only and with memory.
+segment, the question segments later) with local-only and with memory. With --adapters (from
+train-adapters) instead of --gates, the same rows for the adapters and their gates.
 """
 
 from __future__ import annotations
@@ -124,6 +125,9 @@ def passkey(loaded, lengths: list[int], depths: list[float], trials: int) -> dic
 
 
 def cmd_eval(args) -> int:
+    if args.gates and args.adapters:
+        print("give --gates or --adapters, not both")
+        return 2
     if not any((SHARED / "valid").glob("*.txt")):
         print(f"skipped: no novels in {SHARED / 'valid'}")
         return 0
@@ -136,9 +140,6 @@ def cmd_eval(args) -> int:
     rows = {"local-only": {"perplexity": perplexities(model, docs, use_memory=False)}}
     if lengths:
         rows["local-only"]["passkey"] = passkey(loaded, lengths, depths, args.trials)
-    if args.gates and args.adapters:
-        print("give --gates or --adapters, not both")
-        return 2
     if args.adapters:
         apply_adapters(model, args.adapters)
         rows["trained adapters and gates, memory never written"] = {

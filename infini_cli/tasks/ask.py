@@ -55,7 +55,8 @@ WRITER_RANKED = 2
 HOP_PASSAGES = 3
 WRITER_ANSWER_TOKENS = 48
 # ECHO_RETRY: an answer made of nothing but the question's words and stop words ("Yuan" to
-# "What dynasty came before the Yuan?"; 26 of 160 dev questions given the best evidence alone)
+# "What dynasty came before the Yuan?"; 26 of 160 dev questions given the best evidence alone,
+# a scratch count)
 # is asked again, its first token anything but the start of such a word (echo_tokens): the
 # writer's next choice is often the answer ("colonialism", "Ming", "Pope"). SQuAD dev articles
 # 3, 9, ..., 45 (bench_writer.py --sections ask --article-offset 3): ask's token F1 36.3 ->

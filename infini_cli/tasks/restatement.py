@@ -7,7 +7,9 @@ own words and stop words, holding at least one of the question's content words a
 ("is", "was", "would", ...): a clause, not a noun phrase that starts with a question word
 ("The Department for Culture, Media and Sport" stays whole). The answer keeps what follows it
 ("highly diversified"). Works on a stream as well: the writer's text is held back only until
-its first word that the question does not hold.
+its first word that the question does not hold. An answer made of nothing but the question's
+words ("Yuan" to "What dynasty came before the Yuan?") echoes it (echoes_question): ask holds
+it back and asks again.
 """
 
 from __future__ import annotations
