@@ -128,12 +128,13 @@ def ranking_of(rd, ps, q):
     return pool.ranked(rd.index.stats)
 
 
-def evidence_of(rd, ps, q):
-    """What `infini ask` gives the writer: the best evidence and its second hop."""
+def evidence_of(rd, ps, q, ranking=None):
+    """What `infini ask` gives the writer: the best evidence and its second hop (from
+    `ranking`, ranking_of's, where the caller has it)."""
     from infini_cli.tasks.ask import HOP_PASSAGES, RANKED_DEPTH, writer_evidence
     from infini_cli.tasks.ask_scoring import second_hop
 
-    ranked = ranking_of(rd, ps, q)[:RANKED_DEPTH]
+    ranked = (ranking if ranking is not None else ranking_of(rd, ps, q))[:RANKED_DEPTH]
     return writer_evidence(ranked, second_hop(q, ranked, ps, rd.index.stats, HOP_PASSAGES) if ranked else [])
 
 
@@ -228,7 +229,8 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
         rd, ps = doc(ai)
         for qa in qas:
             q, golds = qa["question"], [a["text"] for a in qa["answers"]]
-            ev = evidence_of(rd, ps, q)
+            ranking = ranking_of(rd, ps, q)
+            ev = evidence_of(rd, ps, q, ranking)
             here = answers_of(rd, ev, q)
             if oracle:  # the ceiling: the writer alone, given the sentence that holds the answer
                 best_ev = oracle_evidence(rd, ps, q, golds)
@@ -240,7 +242,6 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
                 tot[f"{system} f1"] += best(f1_score, answer, golds)
                 tot[f"{system} said absent when present"] += said_absent(answer)
             tot["evidence_holds"] += holds(ev, golds)
-            ranking = ranking_of(rd, ps, q)
             for depth in RANKING_DEPTHS:
                 tot[f"ranking holds at {depth}"] += holds(ranking[:depth], golds)
             # the same question of another article: the answer should be absent there

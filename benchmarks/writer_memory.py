@@ -29,7 +29,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -52,9 +52,26 @@ def load_writer(name: str):
     return path, load_checkpoint(path, "cpu", kernels="float")
 
 
-def cmd_train(args) -> int:
+def books_missing() -> bool:
     if not any((SHARED / "train").glob("*.txt")):
         print(f"skipped: no novels in {SHARED / 'train'}")
+        return True
+    return False
+
+
+def run_resumable(train: Callable[[], Path], out_dir: str, what: str) -> int:
+    """Run a resumable training; Ctrl-C says how to go on (saved after every document: at most
+    one document is lost)."""
+    try:
+        print(f"{what} in {train()}")
+    except KeyboardInterrupt:
+        print(f"interrupted; run the same command again to resume from {out_dir}")
+        return 130
+    return 0
+
+
+def cmd_train(args) -> int:
+    if books_missing():
         return 0
     path, loaded = load_writer(args.writer)
     cfg = WriterMemoryConfig(checkpoint=str(path), out_dir=str(args.out), data_dir=str(SHARED / "train"),
@@ -62,17 +79,12 @@ def cmd_train(args) -> int:
                              lr=args.lr, seed=args.seed)
     print(f"writer {path.name}: {cfg.steps} steps of one {loaded.config.segment_len}-token segment, "
           f"documents of {cfg.doc_segments} segments; gates only", flush=True)
-    try:
-        print(f"gates in {train_gates(loaded.model, loaded.tokenizer, cfg, log=lambda s: print(s, flush=True))}")
-    except KeyboardInterrupt:  # saved after every document: at most one document is lost
-        print(f"interrupted; run the same command again to resume from {cfg.out_dir}")
-        return 130
-    return 0
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    return run_resumable(lambda: train_gates(loaded.model, loaded.tokenizer, cfg, log=log), cfg.out_dir, "gates")
 
 
 def cmd_train_adapters(args) -> int:
-    if not any((SHARED / "train").glob("*.txt")):
-        print(f"skipped: no novels in {SHARED / 'train'}")
+    if books_missing():
         return 0
     path, loaded = load_writer(args.writer)
     cfg = WriterAdapterConfig(checkpoint=str(path), out_dir=str(args.out), data_dir=str(SHARED / "train"),
@@ -81,13 +93,9 @@ def cmd_train_adapters(args) -> int:
     builder = PasskeyPromptBuilder(loaded.tokenizer, Haystack.standard(loaded.tokenizer))
     print(f"writer {path.name}: {cfg.steps} steps of one two-segment document ({loaded.config.segment_len} tokens "
           f"a segment), query/key adapters of rank {cfg.rank} and the gates", flush=True)
-    try:
-        out = train_adapters(loaded.model, loaded.tokenizer, builder, cfg, log=lambda s: print(s, flush=True))
-        print(f"adapters in {out}")
-    except KeyboardInterrupt:  # saved after every document: at most one document is lost
-        print(f"interrupted; run the same command again to resume from {cfg.out_dir}")
-        return 130
-    return 0
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    return run_resumable(lambda: train_adapters(loaded.model, loaded.tokenizer, builder, cfg, log=log), cfg.out_dir,
+                         "adapters")
 
 
 def valid_windows(tok, n_docs: int, n_tokens: int) -> list[torch.Tensor]:

@@ -58,14 +58,18 @@ _DEFINITION_QUESTION = re.compile(r"^\s*(?:who|what)\s+(?:is|was|are|were)\s+(?:
 _DETERMINER = r"(?:a|an|the|one|my|our|his|her|their|its)"
 
 
+def _definition_subject(question: str) -> Optional[str]:
+    """X of "Who is X?" / "What was the X?" (six words at most); None for other questions."""
+    m = _DEFINITION_QUESTION.match(question)
+    subject = m.group(1).strip(" \"'") if m else ""
+    return subject if 0 < len(subject.split()) <= 6 else None
+
+
 def definition_pattern(question: str) -> Optional[re.Pattern]:
     """For "Who is X?" / "What was X?": a pattern matching sentences that define X
     (an appositive "X, the ..." or a copula "X is a ..."); None for other questions."""
-    m = _DEFINITION_QUESTION.match(question)
-    if not m:
-        return None
-    subject = m.group(1).strip(" \"'")
-    if not subject or len(subject.split()) > 6:
+    subject = _definition_subject(question)
+    if subject is None:
         return None
     name = r"\s+".join(re.escape(w) for w in subject.split())
     copula = rf"(?:is|was|are|were)\s+{_DETERMINER}\b"
@@ -77,13 +81,9 @@ def asks_about_a_name(question: str) -> bool:
     what a name is (its subject is capitalised throughout, no possessive). "Who is the chair
     of the IPCC?", "What is Tesla's home country?" or "What is north of the garden?" ask for
     a name or a phrase instead."""
-    m = _DEFINITION_QUESTION.match(question)
-    if not m:
-        return False
-    subject = m.group(1).strip(" \"'")
-    ws = subject.split()
-    return (0 < len(ws) <= 6 and not re.search(r"['’]s\b", subject)
-            and all(w[0].isupper() or w[0].isdigit() for w in ws))
+    subject = _definition_subject(question)
+    return (subject is not None and not re.search(r"['’]s\b", subject)
+            and all(w[0].isupper() or w[0].isdigit() for w in subject.split()))
 
 
 @dataclass

@@ -45,15 +45,16 @@ def restatement_end(answer: str, question: str, complete: bool = True) -> Option
         if not complete and not answer[m.end():].strip(_JOINS):
             return None  # the word may go on in the next piece ("10." may become "10.1")
         parts = _parts(m.group(0))
-        if not _restating(m.group(0), asked):
+        if not _restating(parts, asked):
             return m.start() if saw_question_word and saw_verb else 0
         saw_verb |= m.group(0).lower() in _VERBS
         saw_question_word |= any(p not in STOPWORDS for p in parts)
     return 0 if complete else None  # nothing but the question's words: kept whole
 
 
-def _restating(word: str, asked: set[str]) -> bool:
-    return all(p in STOPWORDS or stem(p) in asked for p in _parts(word))
+def _restating(parts: list[str], asked: set[str]) -> bool:
+    """A word (its parts, _parts) that only repeats the question: a stop word or a question's term."""
+    return all(p in STOPWORDS or stem(p) in asked for p in parts)
 
 
 def echoes_question(answer: str, question: str) -> bool:
@@ -64,7 +65,7 @@ def echoes_question(answer: str, question: str) -> bool:
     if not said or answer.strip().startswith(NOT_IN_DOCUMENT) or re.search(r"\bor\b", question, re.IGNORECASE):
         return False
     asked = set(terms(question))
-    return all(_restating(w, asked) for w in said)
+    return all(_restating(_parts(w), asked) for w in said)
 
 
 def drop_restatement(answer: str, question: str) -> str:
