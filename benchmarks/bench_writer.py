@@ -2,6 +2,7 @@
 
     python benchmarks/bench_writer.py --sections ask --articles 10 --questions 20     # SQuAD-long
     python benchmarks/bench_writer.py --sections summarize --stories 20              # SQuALITY
+    python benchmarks/bench_writer.py --sections ask-stories --stories 20            # SQuALITY questions
     python benchmarks/bench_writer.py --sections speed --threads 1,2                 # tokens/s
 
 Sections:
@@ -19,6 +20,11 @@ Sections:
   moves the sample (the rule and the settings were chosen with offset 3, reported with 0).
 - absent-rule: that rule at several thresholds on the same sample, from the reader's
   statistics alone (no writer): absent answers caught, present ones turned away.
+- ask-stories: ask on SQuALITY's questions about each story (2-5 of each: "Who is X, and what
+  happens to her?", "Describe the setting."), through `infini ask`'s own function: the answer
+  long (a focused summary of --answer-words words) and short, written and extractive, ROUGE-1/2/L
+  F1 against the four reference answers (best of them); "auto" is what ask answers by default.
+  --stories, --split as summarize.
 - summarize: SQuALITY stories (--split, default test), 'What is the plot of the story?'
   references, ROUGE-1/2/L F1 (rouge_score, stemmed, best of the references) at --words words:
   the written summary, the extractive one, TextRank and lead (bench_quality's baselines).
@@ -316,6 +322,75 @@ def bench_summarize(reader, writer, data_dir: Path, workdir: Path, n_stories: in
             "rouge_l_per_story": per_story, "example": example}
 
 
+def unsupported_share(answer: str, document_terms: set[str]) -> float:
+    """The share of an answer's content terms (stemmed) that its document never uses: a
+    measure of what a writer invents ("a futuristic city", "London"); 0 for an empty answer
+    and for "The document does not say."."""
+    from infini_cli.tasks.lexical import terms
+    from infini_cli.tasks.writer import NOT_IN_DOCUMENT
+
+    ts = [] if answer.strip() == NOT_IN_DOCUMENT else terms(answer)
+    return sum(t not in document_terms for t in ts) / len(ts) if ts else 0.0
+
+
+def bench_ask_stories(reader, writer, data_dir: Path, workdir: Path, n_stories: int, split: str,
+                      n_words: int) -> dict:
+    """ask on SQuALITY's questions about a story (questions 2-5: "Who is X, and what happens to
+    her?", "Describe the setting."): ROUGE-1/2/L F1 against the four reference answers (best of
+    them) and the share of the answer's content words the story never uses (unsupported_share),
+    each question answered long (a focused summary of n_words words) and short (a phrase
+    or the best sentence), with the writer and without, through `infini ask`'s own function (the
+    story read once, then from the cache); "auto" is what ask answers by default (long for an
+    open question, tasks.open_questions.is_open_question)."""
+    from rouge_score import rouge_scorer
+
+    from infini_cli.readers import open_document
+    from infini_cli.tasks.ask import ask
+    from infini_cli.tasks.lexical import terms
+    from infini_cli.tasks.open_questions import is_open_question
+
+    rows = [json.loads(line) for line in (data_dir / "squality" / f"{split}.jsonl").read_text().splitlines() if line]
+    rows = rows[:n_stories]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    answerers = {"written, long": (writer, "long"), "written, short": (writer, "short"),
+                 "extractive, long": (None, "long"), "extractive, short": (None, "short")}
+    systems = ["written, auto (as ask answers)", *answerers, "extractive, auto"]
+    totals = {s: Counter() for s in systems}
+    n = n_open = 0
+    examples = []
+    t0 = time.perf_counter()
+    for k, r in enumerate(rows):
+        path = workdir / f"squality-{split}-{k}.txt"
+        path.write_text(r["document"], encoding="utf-8")
+        story_terms = set(terms(r["document"]))
+        for qd in r["questions"][1:]:
+            q, refs = qd["question_text"], [x["response_text"] for x in qd["responses"]]
+            outs = {name: ask(reader, open_document(path), q, quiet=True, cache_root=workdir / "cache", writer=w,
+                              answer_kind=kind, n_words=n_words).answer
+                    for name, (w, kind) in answerers.items()}
+            is_open = is_open_question(q)
+            outs["written, auto (as ask answers)"] = outs["written, long" if is_open else "written, short"]
+            outs["extractive, auto"] = outs["extractive, long" if is_open else "extractive, short"]
+            for s_, text in outs.items():
+                sc = scorer.score_multi(refs, text.replace(" …", ""))
+                for m, v in sc.items():
+                    totals[s_][m] += v.fmeasure
+                totals[s_]["words"] += len(text.split())
+                totals[s_]["unsupported"] += unsupported_share(text, story_terms)
+            n += 1
+            n_open += is_open
+            if len(examples) < 6:
+                examples.append({"question": q, "open": is_open, "written": outs["written, auto (as ask answers)"]})
+        log(f"ask-stories: story {k + 1}/{len(rows)}, ROUGE-L as ask answers "
+            f"{100 * totals[systems[0]]['rougeL'] / n:.2f}")
+    return {"split": split, "stories": len(rows), "questions": n, "open_questions": n_open, "words": n_words,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "rows": {s_: {**{m: round(100 * totals[s_][m] / n, 2) for m in ("rouge1", "rouge2", "rougeL")},
+                          "mean_words": round(totals[s_]["words"] / n, 1),
+                          "unsupported_words": round(totals[s_]["unsupported"] / n, 4)} for s_ in systems},
+            "examples": examples}
+
+
 # ----------------------------------------------------------------------------- time to the first token
 
 def make_pdf(data_dir: Path, workdir: Path, pages: int = 100) -> Path:
@@ -589,6 +664,14 @@ def print_report(res: dict) -> None:
             print(f"{k:12} {v['rouge1']:6.2f} {v['rouge2']:6.2f} {v['rougeL']:6.2f} {v['mean_words']:6.1f}")
         print(f"ROUGE-L of the written summary above the extractive one's in {s['stories_written_above_extractive']} "
               f"of {s['stories']} stories")
+    if "ask_stories" in res:
+        s = res["ask_stories"]
+        print(f"\nask on SQuALITY {s['split']} questions about the story: {s['questions']} questions of {s['stories']} "
+              f"stories ({s['open_questions']} open), long answers {s['words']} words")
+        print(f"{'answer':32} {'R-1':>6} {'R-2':>6} {'R-L':>6} {'words':>6}  words the story never uses")
+        for k, v in s["rows"].items():
+            print(f"{k:32} {v['rouge1']:6.2f} {v['rouge2']:6.2f} {v['rougeL']:6.2f} {v['mean_words']:6.1f}  "
+                  f"{v['unsupported_words']:.1%}")
     if "speed" in res:
         print(f"\nwriter speed (prompt {res['speed']['prompt_tokens']} tokens, then {res['speed']['decode_tokens']} decoded)")
         for r in res["speed"]["rows"]:
@@ -629,6 +712,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--stories", type=int, default=20)
     ap.add_argument("--split", default="test")
     ap.add_argument("--words", type=int, default=200)
+    ap.add_argument("--answer-words", type=int, default=None,
+                    help="ask-stories: words of a long answer (default: the product's, OPEN_ANSWER_WORDS)")
+    ap.add_argument("--open-prompt", choices=("question", "summary"), default=None,
+                    help="ask-stories: what the writer is asked for a long answer (default: the product's, "
+                         "OPEN_PROMPT; for tuning on --split dev)")
+    ap.add_argument("--open-bias", type=float, default=None,
+                    help="ask-stories: the writer's logit bias towards the passages' words for a long answer "
+                         "(default: the product's, OPEN_COPY_BIAS; for tuning on --split dev)")
     ap.add_argument("--threads", default="1,2", help="speed: thread counts; ask/summarize run on the first")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/infini-bench-writer"))
     ap.add_argument("--out", type=Path, default=None, help="write the results JSON here")
@@ -671,6 +762,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         summarize_task.ASK_WORDS_FACTOR = args.ask_words_factor
     if args.ask_ranked is not None:
         ask_task.WRITER_RANKED = args.ask_ranked
+    from infini_cli.tasks import open_questions
+
+    if args.open_prompt is not None:
+        open_questions.OPEN_PROMPT = args.open_prompt
+    if args.open_bias is not None:
+        open_questions.OPEN_COPY_BIAS = args.open_bias
+    answer_words = args.answer_words or open_questions.OPEN_ANSWER_WORDS
     if args.no_repeat_ngram is not None:
         summarize_task.SUMMARY_NO_REPEAT_NGRAM = ask_task.NO_REPEAT_NGRAM = args.no_repeat_ngram
 
@@ -685,7 +783,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except InputError as e:
         log(f"skipped: {e}")
         return 0
-    if not args.data.exists() and {"ask", "absent-rule", "summarize", "ttft", "summarize-speed"} & set(args.sections.split(",")):
+    if not args.data.exists() and {"ask", "ask-stories", "absent-rule", "summarize", "ttft", "summarize-speed"} & set(args.sections.split(",")):
         log(f"skipped: no data at {args.data}")
         return 0
     import torch
@@ -700,6 +798,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                  "summary_no_repeat_ngram": summarize_task.SUMMARY_NO_REPEAT_NGRAM,
                  "ask_no_repeat_ngram": ask_task.NO_REPEAT_NGRAM, "ask_article_offset": args.article_offset,
                  "ask_prompt": args.ask_prompt or ask_task.ASK_PROMPT, "ask_ranked": ask_task.WRITER_RANKED,
+                 "open_prompt": open_questions.OPEN_PROMPT, "open_copy_bias": open_questions.OPEN_COPY_BIAS,
                  "ask_shots": len(ask_task.ASK_SHOTS[:args.ask_shots] if args.ask_shots is not None
                                   else ask_task.ASK_SHOTS)}
     if "ttft" in sections:  # first: a child's peak RSS counts this process's size when it started
@@ -710,7 +809,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if "absent-rule" in sections:
         res["absent_rule"] = bench_absent_rule(load_checkpoint(resolve_model(args.reader)), args.data, args.workdir,
                                                args.articles, args.questions, args.article_offset)
-    if "ask" in sections or "summarize" in sections:
+    if {"ask", "ask-stories", "summarize"} & set(sections):
         reader = load_checkpoint(resolve_model(args.reader))
         writer = load_checkpoint(writer_path, kernels=decode_kernels_for(writer_path, torch.device("cpu")))
         writer.compiled_decode = load_compiled(writer.model)  # as the product decodes (None: eager)
@@ -719,6 +818,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if "ask" in sections:
             res["ask"] = bench_ask(reader, writer, args.data, args.workdir, args.articles, args.questions,
                                    args.article_offset, args.ask_prompt, args.ask_shots, args.ask_oracle)
+        if "ask-stories" in sections:
+            res["ask_stories"] = bench_ask_stories(reader, writer, args.data, args.workdir, args.stories, args.split,
+                                                   answer_words)
         if "summarize" in sections:
             res["summarize"] = bench_summarize(reader, writer, args.data, args.workdir, args.stories, args.words,
                                                args.split)

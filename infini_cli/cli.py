@@ -683,7 +683,7 @@ def _print_evidence(evidence: list[dict], title: str = "Evidence") -> None:
 
 
 def _print_footer(data: dict) -> None:
-    from .tasks.ask import MODE_NOTE
+    from .tasks.modes import MODE_NOTE
     parts = [MODE_NOTE.get(data["mode"], data["mode"]), f"{Path(data['document']).name}",
              f"{data['tokens']:,} tokens" + (f", {data['pages']} pages" if data.get("pages") else ""),
              f"{data['seconds']:.2f} s", "document memory from the cache" if data["cached"] else "read now"]
@@ -725,6 +725,10 @@ def ask(
     file: str = typer.Argument(..., help="A PDF or text file; - reads standard input (never cached)."),
     question: str = typer.Argument(..., help="The question, in quotes."),
     top_k: int = typer.Option(3, "--top-k", "-k", help="How many evidence sentences to show."),
+    answer: str = typer.Option("auto", "--answer", "-a",
+                               help="short (a phrase or a sentence), long (a focused summary of --words words) or "
+                                    "auto: long for an open question (\"Describe ...\", \"What happens to X?\")."),
+    words: Optional[int] = typer.Option(None, "--words", "-w", help="Length of a long answer in words (default 120)."),
     password: Optional[str] = PasswordOpt,
     no_cache: bool = NoCacheOpt,
     quiet: bool = QuietOpt,
@@ -740,7 +744,10 @@ def ask(
     evidence ("written", or "The document does not say." when it holds no answer); without it,
     the answer is the best evidence sentence itself ("extractive"). A question whose main words
     the document never uses gets "The document does not say." at once, naming those words
-    ("absent"). The output says which. The
+    ("absent"). The output says which. An open question ("Describe the setting.", "Who is
+    Ellen, and what does she do?") gets a longer answer: a summary focused on it, written
+    section by section from sentences spread over the document, each part with its pages or
+    lines (--answer long|short to choose yourself). The
     document's memory and sentences are cached, keyed by the document's and the model's
     hashes, so the next question about it starts at once.
 
@@ -748,24 +755,28 @@ def ask(
 
       infini ask report.pdf "When did the committee meet?"
 
+      infini ask book.txt "What happens to Gladys?" --words 80
+
       infini ask book.txt "Who is Mr. Darcy?" --top-k 5 --json
 
       infini ask book.txt "Who is Mr. Darcy?" --model infini-mini    (the extractive answer)
     """
-    from .errors import InputError
     from .tasks import ask as ask_task
+    from .tasks.modes import ABSENT
 
     question = ask_task.check_question(question)  # an empty question fails before anything is read
-    if top_k < 1:
-        raise InputError(f"--top-k {top_k}: give at least 1")
+    words = ask_task.OPEN_ANSWER_WORDS if words is None else words
+    ask_task.check_answer(question, answer, top_k, words)  # and so do bad options
     doc, loaded, writer = _open_then_load(file, password, model, device, threads, "ask")
     if not as_json:
         _writer_hint("ask", model, writer)
     show = None if as_json else _stream_printer()
     result = ask_task.ask(loaded, doc, question, top_k=top_k, use_cache=not no_cache, quiet=quiet, console=err,
-                          on_text=show, writer=writer)
+                          on_text=show, writer=writer, answer_kind=answer, n_words=words)
     _report(_with_decoding(result.as_dict(), writer), result.warnings, as_json, bool(result.answer),
-            "no answer: no sentence of the document matches the question")
+            "no answer: no sentence of the document matches the question",
+            "Sentences it was answered from, in document order" if result.kind == "open" and result.mode != ABSENT
+            else "Evidence")
 
 
 @app.command()

@@ -290,3 +290,33 @@ def test_an_answer_that_only_echoes_the_question_is_asked_again_starting_otherwi
     calls.clear()
     assert ask_task.write_answer(w, evidence, "Which came first, the Song or the Yuan?") == "the Yuan"  # a choice
     assert len(calls) == 1
+
+
+def test_an_open_question_is_written_section_by_section_from_the_focused_sentences(tmp_path, writer_path,
+                                                                                    monkeypatch):
+    """ "What happens to X?" gets a focused summary: the writer asked the question after each
+    section's passages (in document order), each part citing its lines."""
+    from infini_cli.tasks import summarize as summarize_task
+    from .test_open_questions import story
+
+    asked: list[str] = []
+    real_write = summarize_task.write
+
+    def spy(loaded, messages, *a, **k):
+        asked.append(messages[-1]["content"])
+        return real_write(loaded, messages, *a, **k)
+
+    monkeypatch.setattr(summarize_task, "write", spy)
+    doc = tmp_path / "story.txt"
+    doc.write_text(story(6))
+    r = runner.invoke(app, ["ask", str(doc), "What happens to Ellen Vance?", "--words", "60", "--model",
+                            str(writer_path), "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["mode"] == "written" and data["answer_kind"] == "open" and data["sections"]
+    assert len(asked) == len(data["sections"]) >= 2
+    share = 60 // len(asked)
+    assert all(a.endswith(f"answer in at most {share} words: What happens to Ellen Vance?") for a in asked), asked
+    firsts = [s["lines"][0] for s in data["sections"]]
+    assert firsts == sorted(firsts)
+    assert sum("Ellen" in e["text"] for e in data["evidence"]) >= 2

@@ -23,8 +23,8 @@ from ..checkpoint import LoadedModel
 from ..errors import InputError
 from ..memory import StreamState
 from ..readers import Document
-from .ask import EXTRACTIVE, GENERATED, WRITTEN
 from .lexical import terms
+from .modes import EXTRACTIVE, GENERATED, WRITTEN
 from .passages import DocumentIndex, Passage
 from .summary_scoring import Budget, SummaryPool, fit_budget, select_summary
 from .reading import generates_answers, read_or_load
@@ -192,9 +192,17 @@ def _cut_to_words(text: str, words: int) -> str:
     return cut + " …" if cut else cut
 
 
+def section_request(words: int) -> str:
+    return SECTION_ASK.format(words=words)
+
+
 def write_summary(writer: LoadedModel, chosen: list[Passage], budget: Budget,
-                  on_text: Optional[Callable[[str], None]] = None) -> tuple[str, list[dict]]:
-    """Section summaries in document order, each at its share of the budget, each citing where."""
+                  on_text: Optional[Callable[[str], None]] = None,
+                  request: Callable[[int], str] = section_request,
+                  bias: Optional[float] = None) -> tuple[str, list[dict]]:
+    """Section summaries in document order, each at its share of the budget, each citing where.
+    request(words): what the writer is asked after each section's passages; bias: its logit
+    bias towards their words (SUMMARY_COPY_BIAS unless given)."""
     words = budget.words or 25 * (budget.sentences or 5)
     # about SECTION_WORDS words a section, so the summary follows the document from its first
     # chosen pages to its last instead of leaning on whatever the writer noticed first
@@ -205,7 +213,7 @@ def write_summary(writer: LoadedModel, chosen: list[Passage], budget: Budget,
     for i, g in enumerate(groups):
         where = _where(g)
         asked = round(share * ASK_WORDS_FACTOR)  # the writer stops short of what it is asked for
-        ask = SECTION_ASK.format(words=asked)
+        ask = request(asked)
         fixed = len(writer.tokenizer.encode(SUMMARY_SYSTEM + ask)) + 64
         max_tokens = int(asked * 1.6) + 16
         texts = fit_passages(writer, [p.text for p in g], writer.config.segment_len - max_tokens - fixed)
@@ -213,7 +221,8 @@ def write_summary(writer: LoadedModel, chosen: list[Passage], budget: Budget,
                     {"role": "user", "content": "Passages:\n" + "\n".join(texts) + "\n\n" + ask}]
         if on_text is not None and i:
             on_text(" ")
-        written = write(writer, messages, max_tokens, sources=texts, bias=SUMMARY_COPY_BIAS,
+        written = write(writer, messages, max_tokens, sources=texts,
+                        bias=SUMMARY_COPY_BIAS if bias is None else bias,
                         no_repeat_ngram=SUMMARY_NO_REPEAT_NGRAM)
         text = _cut_to_words(_tidy(written), share + slack)
         slack = max(0, share + slack - len(text.replace(" …", "").split()))

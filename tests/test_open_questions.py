@@ -1,0 +1,158 @@
+"""Open questions: which they are, their subject, the focused selection, ask's long answers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from infini_cli.cli import app
+from infini_cli.tasks.ask import rank_passages
+from infini_cli.tasks.open_questions import (answer_length, answer_open, focused_selection, is_open_question,
+                                             subject_question)
+from infini_cli.tasks.passages import DocumentIndex, passages_of_text
+from infini_cli.tasks.summary_scoring import Budget, SummaryPool, select_summary
+
+from .conftest import assert_one_line_error
+
+runner = CliRunner()
+
+STORY = [
+    "Captain Mora took command of the old freighter at the spaceport of Venus.",
+    "The crew doubted her, because the freighter had failed every inspection for ten years.",
+    "Ellen Vance, the ship's engineer, had built its strange engine from spare parts.",
+    "A storm of meteors struck the convoy three days out from Venus.",
+    "Ellen Vance kept the engine running through the storm while the others slept.",
+    "The admiral sent a signal that the convoy should turn back to the spaceport.",
+    "Mora refused the order and took the freighter through the storm alone.",
+    "The engine that Ellen Vance had built carried the freighter to the stranded colony.",
+    "The colonists cheered when the freighter landed with food and medicine.",
+    "At the end, the admiral gave Mora a medal and made Ellen Vance chief engineer of the fleet.",
+]
+
+
+def story(repeat: int = 3) -> str:
+    return "\n".join(" ".join(STORY[i:i + 2]) for r in range(repeat) for i in range(0, len(STORY), 2)) + "\n"
+
+
+@pytest.mark.parametrize("question", [
+    "Describe the setting of the story.",
+    "Who is Ellen Vance, and what happens to her?",
+    "What is the relationship between Mora and the admiral?",
+    "What happens to the freighter?",
+    "What is the significance of the engine in the story?",
+    "How does Mora feel about the admiral?",
+    "Who is Arth, and what are his characteristics?",
+    "Where does the story take place?",
+    "What are the features of the engine? Why do they matter?",
+    "Please explain why the convoy turned back.",
+])
+def test_open_questions_ask_for_an_account(question):
+    assert is_open_question(question)
+    assert answer_length(question, "auto") == "open"
+
+
+@pytest.mark.parametrize("question", [
+    "When did the committee meet?",
+    "Who built the bridge?",
+    "Who is Professor Challenger?",
+    "Who created the theme used in 1986?",            # a word of a story's parts, but a factoid
+    "Between Brakel and what other city is the tide felt?",
+    "Who is Antigone's father in the play?",
+    "How many porters reached the lake?",
+    "Which engines were used throughout the 20th century?",
+])
+def test_factoid_questions_get_a_short_answer(question):
+    assert not is_open_question(question)
+    assert answer_length(question, "auto") == "short"
+
+
+def test_the_choice_can_be_forced_and_an_unknown_one_is_refused():
+    assert answer_length("When did the committee meet?", "long") == "open"
+    assert answer_length("Describe the setting.", "short") == "short"
+    assert answer_length("Describe the setting.", "longer") is None
+
+
+def test_the_subject_of_an_open_question_drops_its_framing_words():
+    assert subject_question("Describe the setting of the story.") == "the of the"
+    assert subject_question("What is the relationship between Mora and the admiral throughout the story?").split() == \
+        ["what", "is", "the", "between", "mora", "and", "the", "admiral", "the"]
+
+
+def _read(text: str):
+    ps = passages_of_text(text)
+    index = DocumentIndex()
+    for p in ps:
+        index.add(p)
+    pool = SummaryPool()
+    for p in ps:
+        pool.add(p, index)
+    return ps, index, pool.candidates()
+
+
+def test_the_focused_selection_leans_towards_the_question_and_keeps_document_order():
+    ps, index, candidates = _read(story())
+    budget = Budget(words=40)
+    ranked = rank_passages(subject_question("What happens to Ellen Vance?"), ps, index, 64)
+    focused = focused_selection(candidates, ranked, index, budget)
+    generic = select_summary(candidates, index, budget)
+    about = lambda sel: sum("Ellen" in p.text for p in sel)  # noqa: E731
+    assert about(focused) > about(generic)
+    assert [p.index for p in focused] == sorted(p.index for p in focused)
+    # without evidence (a question of framing words only) it is the summary's own selection
+    assert [p.index for p in focused_selection(candidates, [], index, budget)] == [p.index for p in generic]
+
+
+def test_an_extractive_open_answer_is_cut_to_the_words_and_streams_what_it_returns():
+    ps, index, candidates = _read(story())
+    ranked = rank_passages(subject_question("What happens to Ellen Vance?"), ps, index, 64)
+    shown: list[str] = []
+    text, chosen, sections = answer_open("What happens to Ellen Vance?", candidates, ranked, index, 30,
+                                         on_text=shown.append)
+    assert len(text.replace(" …", "").split()) == 30 and "".join(shown) == text
+    assert chosen and sections == []
+    assert text.startswith(chosen[0].text.split()[0])
+
+
+def test_ask_answers_an_open_question_long_and_a_factoid_short(tmp_path, tiny_checkpoint):
+    doc = tmp_path / "story.txt"
+    doc.write_text(story())
+    r = runner.invoke(app, ["ask", str(doc), "What happens to Ellen Vance?", "--model", str(tiny_checkpoint),
+                            "--words", "30", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["answer_kind"] == "open" and data["mode"] == "extractive"
+    assert len(data["answer"].replace(" …", "").split()) == 30 and len(data["evidence"]) > 1
+    lines = [e["line"] for e in data["evidence"]]
+    assert lines == sorted(lines)
+    r = runner.invoke(app, ["ask", str(doc), "Who built the engine?", "--model", str(tiny_checkpoint), "--json"])
+    data = json.loads(r.stdout)
+    assert data["answer_kind"] == "short" and data["answer"] == data["evidence"][0]["text"]
+    # --answer long makes a factoid long too
+    r = runner.invoke(app, ["ask", str(doc), "Who built the engine?", "--answer", "long", "--words", "20",
+                            "--model", str(tiny_checkpoint), "--json"])
+    assert json.loads(r.stdout)["answer_kind"] == "open"
+
+
+def test_an_open_questions_framing_words_do_not_make_it_absent(tmp_path, tiny_checkpoint):
+    doc = tmp_path / "story.txt"
+    doc.write_text(story())
+    # the story never says "describe", "setting" or "story": still answered
+    r = runner.invoke(app, ["ask", str(doc), "Describe the setting of the story.", "--model", str(tiny_checkpoint),
+                            "--json"])
+    data = json.loads(r.stdout)
+    assert data["mode"] == "extractive" and data["answer_kind"] == "open" and data["answer"]
+    # but a subject it never names still is
+    r = runner.invoke(app, ["ask", str(doc), "Describe the dragon Smaug and his hoard.", "--model",
+                            str(tiny_checkpoint), "--json"])
+    data = json.loads(r.stdout)
+    assert data["mode"] == "absent" and data["unmentioned"] == ["dragon", "smaug", "hoard"]
+
+
+@pytest.mark.parametrize("args,words", [(["--answer", "longer"], ["--answer", "auto"]), (["--words", "5"], ["--words"])])
+def test_bad_answer_options_are_one_line_errors(tmp_path, tiny_checkpoint, args, words):
+    doc = tmp_path / "story.txt"
+    doc.write_text(story())
+    r = runner.invoke(app, ["ask", str(doc), "What happens to Ellen?", *args, "--model", str(tiny_checkpoint)])
+    assert_one_line_error(r, 2, *words)
