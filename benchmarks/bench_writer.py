@@ -10,7 +10,8 @@ Sections:
   (the bundled model, as `infini ask` does); the first --questions questions of each of
   --articles articles spread evenly over the dev set (a fixed, stated sample). For each:
   the writer's answer from the best evidence and its second hop (the product's path: tasks.ask.write_answer)
-  and the extractive answer (the top evidence sentence), scored with SQuAD's exact match
+  and the extractive answer (the top evidence sentence); a question ask reads as open gets ask's
+  long answer in both (tasks.open_questions); scored with SQuAD's exact match
   and token F1 (official normalisation; best over the gold answers). Absent answers: the
   same questions asked of the next article, where the answer is not: how often ask says the
   document does not say (and how often it says so when the answer is there). Each answer
@@ -205,10 +206,25 @@ def oracle_evidence(rd, ps, q, golds: list[str]):
     return [p for p in ranked + list(ps) if holds([p], golds)][:1]
 
 
+def open_answer_of(rd, ps, q, writer) -> str:
+    """`infini ask`'s long answer to an open question (tasks.open_questions), from a document's
+    passages and final statistics: written with a writer, the focused sentences without."""
+    from infini_cli.tasks.ask import rank_passages
+    from infini_cli.tasks.open_questions import FOCUS_POOL, answer_open, subject_question
+    from infini_cli.tasks.summary_scoring import SummaryPool
+
+    pool = SummaryPool()
+    for p in ps:
+        pool.add(p, rd.index)
+    ranked = rank_passages(subject_question(q), ps, rd.index, FOCUS_POOL)
+    return answer_open(q, pool.candidates(), ranked, rd.index, writer=writer)[0]
+
+
 def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_questions: int,
               offset: int = 0, prompt: Optional[str] = None, shots: Optional[int] = None, oracle: bool = False) -> dict:
     from infini_cli.tasks.ask import ASK_SHOTS, write_answer
-    from infini_cli.tasks.ask_scoring import unmentioned_words
+    from infini_cli.tasks.ask_scoring import unknown_names, unmentioned_words
+    from infini_cli.tasks.open_questions import is_open_question
     from infini_cli.tasks.writer import NOT_IN_DOCUMENT
 
     sample, doc = squad_sample(reader, data_dir, workdir, n_articles, n_questions, offset)
@@ -220,14 +236,20 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
     if oracle:
         systems += (ORACLE,)
 
-    def answers_of(rd, ev, q) -> dict[str, str]:
+    def answers_of(rd, ps, ev, q) -> dict[str, str]:
         """Every system's answer: as `infini ask` answers with the writer ("written") and without
-        it ("extractive", the top evidence sentence), "does not say" where the document lacks the
-        question's words (ask_scoring.unmentioned_words); and each without that rule."""
+        it ("extractive", the top evidence sentence; for an open question both are ask's long
+        answer, open_answer_of), "does not say" where the document lacks the question's words
+        (ask_scoring.unmentioned_words; of an open question, a name it never uses:
+        ask_scoring.unknown_names); and each without that rule."""
         shown = ASK_SHOTS[:shots] if shots is not None else ASK_SHOTS
-        alone = {"written": write_answer(writer, ev, q, prompt=prompt, shots=shown) if ev else NOT_IN_DOCUMENT,
-                 "extractive": ev[0].text if ev else ""}
-        absent = not ev or unmentioned_words(q, rd.index.stats) is not None
+        if is_open_question(q):
+            alone = {"written": open_answer_of(rd, ps, q, writer), "extractive": open_answer_of(rd, ps, q, None)}
+            absent = unknown_names(q, rd.index.stats) is not None
+        else:
+            alone = {"written": write_answer(writer, ev, q, prompt=prompt, shots=shown) if ev else NOT_IN_DOCUMENT,
+                     "extractive": ev[0].text if ev else ""}
+            absent = not ev or unmentioned_words(q, rd.index.stats) is not None
         return {**{k: NOT_IN_DOCUMENT if absent else v for k, v in alone.items()},
                 **{f"{k}, without the absent rule": v for k, v in alone.items()}}
 
@@ -237,7 +259,7 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
             q, golds = qa["question"], [a["text"] for a in qa["answers"]]
             ranking = ranking_of(rd, ps, q)
             ev = evidence_of(rd, ps, q, ranking)
-            here = answers_of(rd, ev, q)
+            here = answers_of(rd, ps, ev, q)
             if oracle:  # the ceiling: the writer alone, given the sentence that holds the answer
                 best_ev = oracle_evidence(rd, ps, q, golds)
                 tot["oracle_found"] += bool(best_ev)
@@ -253,7 +275,7 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
             # the same question of another article: the answer should be absent there
             ord_, ops = doc(other)
             oev = evidence_of(ord_, ops, q)
-            there = answers_of(ord_, oev, q)
+            there = answers_of(ord_, ops, oev, q)
             if not holds(oev, golds):
                 tot["absent_n"] += 1
                 for system, answer in there.items():
@@ -322,26 +344,31 @@ def bench_summarize(reader, writer, data_dir: Path, workdir: Path, n_stories: in
             "rouge_l_per_story": per_story, "example": example}
 
 
-def unsupported_share(answer: str, document_terms: set[str]) -> float:
-    """The share of an answer's content terms (stemmed) that its document never uses: a
-    measure of what a writer invents ("a futuristic city", "London"); 0 for an empty answer
-    and for "The document does not say."."""
+HUMAN = "a reference, against the other three"
+
+
+def unsupported_share(answer: str, known_terms: set[str]) -> float:
+    """The share of an answer's content terms (stemmed) that neither its document nor the
+    question uses (known_terms): a measure of what a writer invents ("a futuristic city",
+    "London"); 0 for an empty answer and for "The document does not say."."""
     from infini_cli.tasks.lexical import terms
     from infini_cli.tasks.writer import NOT_IN_DOCUMENT
 
     ts = [] if answer.strip() == NOT_IN_DOCUMENT else terms(answer)
-    return sum(t not in document_terms for t in ts) / len(ts) if ts else 0.0
+    return sum(t not in known_terms for t in ts) / len(ts) if ts else 0.0
 
 
 def bench_ask_stories(reader, writer, data_dir: Path, workdir: Path, n_stories: int, split: str,
                       n_words: int) -> dict:
     """ask on SQuALITY's questions about a story (questions 2-5: "Who is X, and what happens to
     her?", "Describe the setting."): ROUGE-1/2/L F1 against the four reference answers (best of
-    them) and the share of the answer's content words the story never uses (unsupported_share),
+    them) and the share of the answer's content words neither the story nor the question uses
+    (unsupported_share), every answer kept in the results,
     each question answered long (a focused summary of n_words words) and short (a phrase
     or the best sentence), with the writer and without, through `infini ask`'s own function (the
     story read once, then from the cache); "auto" is what ask answers by default (long for an
-    open question, tasks.open_questions.is_open_question)."""
+    open question, tasks.open_questions.is_open_question). For scale, the same measures of each
+    human reference against the other three."""
     from rouge_score import rouge_scorer
 
     from infini_cli.readers import open_document
@@ -354,10 +381,10 @@ def bench_ask_stories(reader, writer, data_dir: Path, workdir: Path, n_stories: 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     answerers = {"written, long": (writer, "long"), "written, short": (writer, "short"),
                  "extractive, long": (None, "long"), "extractive, short": (None, "short")}
-    systems = ["written, auto (as ask answers)", *answerers, "extractive, auto"]
+    systems = ["written, auto (as ask answers)", *answerers, "extractive, auto", HUMAN]
     totals = {s: Counter() for s in systems}
     n = n_open = 0
-    examples = []
+    answers: list[dict] = []
     t0 = time.perf_counter()
     for k, r in enumerate(rows):
         path = workdir / f"squality-{split}-{k}.txt"
@@ -376,11 +403,17 @@ def bench_ask_stories(reader, writer, data_dir: Path, workdir: Path, n_stories: 
                 for m, v in sc.items():
                     totals[s_][m] += v.fmeasure
                 totals[s_]["words"] += len(text.split())
-                totals[s_]["unsupported"] += unsupported_share(text, story_terms)
+                totals[s_]["unsupported"] += unsupported_share(text, story_terms | set(terms(q)))
             n += 1
             n_open += is_open
-            if len(examples) < 6:
-                examples.append({"question": q, "open": is_open, "written": outs["written, auto (as ask answers)"]})
+            answers.append({"story": k, "question": q, "open": is_open, **outs})
+            # people, for scale: each reference against the other three, the same measures
+            for i, ref in enumerate(refs):
+                sc = scorer.score_multi(refs[:i] + refs[i + 1:], ref)
+                for m, v in sc.items():
+                    totals[HUMAN][m] += v.fmeasure / len(refs)
+                totals[HUMAN]["words"] += len(ref.split()) / len(refs)
+                totals[HUMAN]["unsupported"] += unsupported_share(ref, story_terms | set(terms(q))) / len(refs)
         log(f"ask-stories: story {k + 1}/{len(rows)}, ROUGE-L as ask answers "
             f"{100 * totals[systems[0]]['rougeL'] / n:.2f}")
     return {"split": split, "stories": len(rows), "questions": n, "open_questions": n_open, "words": n_words,
@@ -388,7 +421,7 @@ def bench_ask_stories(reader, writer, data_dir: Path, workdir: Path, n_stories: 
             "rows": {s_: {**{m: round(100 * totals[s_][m] / n, 2) for m in ("rouge1", "rouge2", "rougeL")},
                           "mean_words": round(totals[s_]["words"] / n, 1),
                           "unsupported_words": round(totals[s_]["unsupported"] / n, 4)} for s_ in systems},
-            "examples": examples}
+            "answers": answers}
 
 
 # ----------------------------------------------------------------------------- time to the first token
@@ -668,7 +701,7 @@ def print_report(res: dict) -> None:
         s = res["ask_stories"]
         print(f"\nask on SQuALITY {s['split']} questions about the story: {s['questions']} questions of {s['stories']} "
               f"stories ({s['open_questions']} open), long answers {s['words']} words")
-        print(f"{'answer':32} {'R-1':>6} {'R-2':>6} {'R-L':>6} {'words':>6}  words the story never uses")
+        print(f"{'answer':32} {'R-1':>6} {'R-2':>6} {'R-L':>6} {'words':>6}  words neither story nor question uses")
         for k, v in s["rows"].items():
             print(f"{k:32} {v['rouge1']:6.2f} {v['rouge2']:6.2f} {v['rougeL']:6.2f} {v['mean_words']:6.1f}  "
                   f"{v['unsupported_words']:.1%}")
@@ -768,6 +801,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         open_questions.OPEN_PROMPT = args.open_prompt
     if args.open_bias is not None:
         open_questions.OPEN_COPY_BIAS = args.open_bias
+
     answer_words = args.answer_words or open_questions.OPEN_ANSWER_WORDS
     if args.no_repeat_ngram is not None:
         summarize_task.SUMMARY_NO_REPEAT_NGRAM = ask_task.NO_REPEAT_NGRAM = args.no_repeat_ngram

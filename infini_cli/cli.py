@@ -724,7 +724,8 @@ def _report(data: dict, warnings: list[str], as_json: bool, has_text: bool, empt
 def ask(
     file: str = typer.Argument(..., help="A PDF or text file; - reads standard input (never cached)."),
     question: str = typer.Argument(..., help="The question, in quotes."),
-    top_k: int = typer.Option(3, "--top-k", "-k", help="How many evidence sentences to show."),
+    top_k: int = typer.Option(3, "--top-k", "-k", help="How many evidence sentences to show (a long answer "
+                                                      "shows every sentence it was written from)."),
     answer: str = typer.Option("auto", "--answer", "-a",
                                help="short (a phrase or a sentence), long (a focused summary of --words words) or "
                                     "auto: long for an open question (\"Describe ...\", \"What happens to X?\")."),

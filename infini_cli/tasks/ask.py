@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..memory import StreamState
 from ..readers import Document
 from .ask_scoring import (AskPool, AskWeights, QuestionScorer, asks_about_a_name, rank_for_question, second_hop,
-                          unmentioned_words)
+                          unknown_names, unmentioned_words)
 from .lexical import STOPWORDS, words
 from .modes import ABSENT, EXTRACTIVE, GENERATED, WRITTEN
 from .open_questions import FOCUS_POOL, OPEN_ANSWER_WORDS, answer_length, answer_open, subject_question
@@ -283,8 +283,8 @@ def ask(
     started = time.perf_counter()
     question = check_question(question)
     kind = check_answer(question, answer_kind, top_k, n_words)
-    # an open question's evidence and absent rule go by its subject: its framing words
-    # ("describe", "story", "relationship") are not what the document must use to answer it
+    # an open question's evidence goes by its subject: its framing words ("describe", "story",
+    # "relationship") are not what the document must use to answer it
     asked = subject_question(question) if kind == "open" else question
     pool = AskPool(QuestionScorer(asked, weights), size=max(256, 4 * top_k, 4 * RANKED_DEPTH))
     consumers = [lambda p, idx: pool.add(p, idx.stats)]
@@ -296,7 +296,9 @@ def ask(
     ranked = rank_for_question(pool, read.index.stats, max(n_rank, FOCUS_POOL if kind == "open" else 0))
     evidence = ranked[:top_k]
     warnings = list(read.warnings)
-    unmentioned = unmentioned_words(asked, read.index.stats)
+    # an open question is turned away only for a name the document never uses (unknown_names)
+    unmentioned = (unknown_names(question, read.index.stats) if kind == "open"
+                   else unmentioned_words(question, read.index.stats))
     if unmentioned is not None:  # the document cannot answer it: nothing is written or generated
         warnings.append("the document never uses these words of the question: " + ", ".join(unmentioned))
         if on_text is not None:

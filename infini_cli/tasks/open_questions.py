@@ -3,15 +3,17 @@
 A factoid question ("When did the committee meet?") is answered by a phrase from the best
 evidence sentence. An open one asks for what many sentences of the document say together: its
 answer is a short summary focused on the question, written (or, without a writer, chosen) from
-sentences the summary score likes and the question's evidence score likes, spread over the
-document and printed in its order, each part with the pages or lines it comes from.
+the question's best evidence sentences, chosen among by the summary's score (and, where they are
+too few, the summary's own choice), in the document's order, each part with the pages or lines
+it comes from.
 
 Which is which is read from the question's wording (is_open_question): verbs that ask for a
 description ("describe", "explain", "compare"), what happens to someone, the words that name a
 story's parts ("relationship", "significance", "setting", "traits", "throughout"), or a
 question in two parts ("Who is X, and what does she do?"). The wording that frames an open
 question ("describe", "story", "significance") is not what the document must use to answer it:
-its subject terms are what is left (subject_question).
+its subject terms are what is left (subject_question), and ask turns one away only for a name
+the document never uses (ask_scoring.unknown_names).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ _OPEN = re.compile(
     r"^(?:q\d+\.?\s*)?(?:please\s+)?(?:describe|explain|summari[sz]e|discuss|outline|compare|contrast|"
     r"characteri[sz]e|tell\s+me\s+about|what\s+do\s+we\s+(?:know|learn)\s+about)\b"
     # what a story's parts are: "What is the relationship between ...", "What was Mia's role?"
-    r"|^what\s+(?:is|are|was|were)\s+(?:the\s+|[^?]*?['’]s?\s+)?(?:relationships?|significance|importance|roles?|"
+    r"|^what(?:['’]s|\s+(?:is|are|was|were))\s+(?:the\s+|[^?]*?['’]s?\s+)?(?:relationships?|significance|importance|roles?|"
     r"themes?|settings?|attitudes?|motivations?|personality|traits|characteristics)\b"
     r"|^what\s+(?:happens|happened)\s+(?:to|with|between)\b"
     r"|^how\s+(?:does|do|did|is|are|was|were)\s+[^?]+?\s+(?:feel|felt|change|changes|develop|develops|evolve|"
@@ -48,29 +50,41 @@ _OPEN = re.compile(
 FRAMING_WORDS = frozenset("""
 describe explain summarize summarise discuss outline compare contrast characterize characterise tell know learn
 please happen happens happened story stories novel book document text author reader plot chapter
-relationship relationships significance significant importance important role roles trait traits
-characteristic characteristics personality attitude attitudes motivation motivations theme themes
+relationship relationships significance significant importance important relevance relevant role roles trait
+traits characteristic characteristics personality attitude attitudes motivation motivations theme themes
 setting settings throughout portrayed portray explored explore affect affects change changes shift shifts
 develop develops evolve evolves interact interacts relate relates take place set main feel feels
 """.split())
 
 # Sentences of the focused answer: the summary score plus FOCUS_WEIGHT x the question's
-# evidence score (scaled so the best evidence sentence gets FOCUS_WEIGHT), over the summary
-# pool and the best FOCUS_POOL evidence sentences. Chosen on SQuALITY train+dev (75 stories,
+# evidence score (scaled so the best evidence sentence gets FOCUS_WEIGHT), over the best
+# FOCUS_POOL evidence sentences, then the summary pool for what they leave of the budget
+# (focused_selection). Chosen on SQuALITY train+dev (75 stories,
 # questions 2-5, 300 questions; ROUGE-L of the extractive answer against the four references;
 # a scratch script over these functions, the stories split by passages_of_text): at 150 words
 # 16.49 with the summary score alone, 14.42 with the evidence ranking alone, 16.93 / 17.17 /
 # 17.13 / 17.02 at 0.25 / 0.5 / 1 / 2 (the whole question ranked); at 120 words 16.92 with the
-# whole question ranked, 17.03 with its subject (shipped), 16.82 with only the evidence pool.
+# whole question ranked, 17.03 with its subject, 16.82 with only the evidence pool, all these
+# over the summary pool and the evidence at once; 17.06 with the evidence first (shipped: on a
+# novel, the summary's best sentences crowded out the 25 that name Gladys for "What happens
+# to Gladys?" of The Lost World).
 FOCUS_WEIGHT = 0.5
 FOCUS_POOL = 64
 OPEN_ANSWER_WORDS = 120
-# What the writer is asked after each section of the focused sentences: "question" (the
-# question, in at most N words) or "summary" (summarize's own request).
+# How the writer answers: after each section's passages (summarize's system message and
+# sections), OPEN_PROMPT "question" asks it to answer the question from them in its share of
+# the words ("summary": summarize's own request), with a logit bias of OPEN_COPY_BIAS towards
+# their words. SQuALITY dev (bench_writer.py --sections ask-stories --split dev; ROUGE-L of the
+# long written answer / the share of its content words that neither the story nor the question
+# uses, the human references' own share 28.5%): 25 stories, 19.87 asking the question, 16.20
+# asking for a summary (37.2% and 22.2% of words the story never uses, the question's words
+# counted); 10 stories, asking the question: 20.37 / 33.0% without
+# the bias, 18.71 / 13.2% at +3 (shipped: the most ROUGE-L with at most half the references'
+# share of such words), and with a system message that asks for an answer instead of a
+# summary 20.63 / 29.2%, 19.45 / 16.5% at +2, 18.43 / 11.6% at +3; the extractive answer 16.54.
 OPEN_PROMPT = "question"
 OPEN_REQUEST = "Using only these passages, answer in at most {words} words: "
-# The writer's logit bias towards the words of the passages it answers from (writer.copy_bias).
-OPEN_COPY_BIAS = 0.0
+OPEN_COPY_BIAS = 3.0
 
 
 def is_open_question(question: str) -> bool:
@@ -86,16 +100,25 @@ def subject_question(question: str) -> str:
 
 def focused_selection(summary_candidates: Sequence[Passage], ranked: Sequence[Passage], index: DocumentIndex,
                       budget: Budget, weight: float = FOCUS_WEIGHT) -> list[Passage]:
-    """Sentences for an open question's answer, in document order, up to the budget: the
-    summary's selection (select_summary) with a bonus for the question's best evidence
-    (`ranked`, best first, its scores the evidence score)."""
+    """Sentences for an open question's answer, in document order, up to the budget: first the
+    summary's selection (select_summary) among the question's best evidence (`ranked`, best
+    first, its scores the evidence score; the better evidence gets a bonus), then, where that
+    holds fewer words than the budget (a rare name, a question of framing words only), the
+    summary's own selection for the rest. In a book the summary's best sentences would
+    otherwise crowd out the few about what was asked."""
     best = max((p.score for p in ranked), default=0.0)
     extra = {p.index: weight * p.score / best for p in ranked[:FOCUS_POOL]} if best > 0 else {}
-    pool: dict[int, Passage] = {p.index: p for p in summary_candidates}
-    for p in ranked[:FOCUS_POOL]:
-        if summary_eligible(p.text):
-            pool.setdefault(p.index, p)
-    return select_summary(list(pool.values()), index, budget, extra=extra)
+    evidence = [p for p in ranked[:FOCUS_POOL] if summary_eligible(p.text)]
+    chosen = select_summary(evidence, index, budget, extra=extra)
+    taken = {p.index for p in chosen}
+    if budget.words is not None:
+        left = Budget(words=budget.words - sum(len(p.text.split()) for p in chosen))
+    else:
+        left = Budget(words=None, sentences=(budget.sentences or 0) - len(chosen))
+    if (left.words or 0) > 0 or (left.sentences or 0) > 0:
+        rest = [p for p in summary_candidates if p.index not in taken]
+        chosen = sorted(chosen + select_summary(rest, index, left, extra=extra), key=lambda p: p.index)
+    return chosen
 
 
 def answer_length(question: str, choice: str) -> Optional[str]:
