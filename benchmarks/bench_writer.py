@@ -24,8 +24,9 @@ Sections:
 - ask-stories: ask on SQuALITY's questions about each story (2-5 of each: "Who is X, and what
   happens to her?", "Describe the setting."), through `infini ask`'s own function: the answer
   long (a focused summary of --answer-words words) and short, written and extractive, ROUGE-1/2/L
-  F1 against the four reference answers (best of them); "auto" is what ask answers by default.
-  --stories, --split as summarize.
+  F1 against the four reference answers (best of them) and the share of the answer's words
+  neither the story nor the question uses; "auto" is what ask answers by default; a human
+  answer against the other three for scale. --stories, --split as summarize.
 - summarize: SQuALITY stories (--split, default test), 'What is the plot of the story?'
   references, ROUGE-1/2/L F1 (rouge_score, stemmed, best of the references) at --words words:
   the written summary, the extractive one, TextRank and lead (bench_quality's baselines).
@@ -361,14 +362,14 @@ def unsupported_share(answer: str, known_terms: set[str]) -> float:
 def bench_ask_stories(reader, writer, data_dir: Path, workdir: Path, n_stories: int, split: str,
                       n_words: int) -> dict:
     """ask on SQuALITY's questions about a story (questions 2-5: "Who is X, and what happens to
-    her?", "Describe the setting."): ROUGE-1/2/L F1 against the four reference answers (best of
-    them) and the share of the answer's content words neither the story nor the question uses
-    (unsupported_share), every answer kept in the results,
-    each question answered long (a focused summary of n_words words) and short (a phrase
-    or the best sentence), with the writer and without, through `infini ask`'s own function (the
-    story read once, then from the cache); "auto" is what ask answers by default (long for an
-    open question, tasks.open_questions.is_open_question). For scale, the same measures of each
-    human reference against the other three."""
+    her?", "Describe the setting."), each answered long (a focused summary of n_words words) and
+    short (a phrase or the best sentence), with the writer and without, through `infini ask`'s
+    own function (the story read once, then from the cache): ROUGE-1/2/L F1 against the four
+    reference answers (best of them) and the share of the answer's content words neither the
+    story nor the question uses (unsupported_share); every answer is kept in the results. "auto"
+    is what ask answers by default (long for an open question,
+    tasks.open_questions.is_open_question). For scale, the same measures of each human
+    reference against the other three."""
     from rouge_score import rouge_scorer
 
     from infini_cli.readers import open_document

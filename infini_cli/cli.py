@@ -747,8 +747,8 @@ def ask(
     the document never uses gets "The document does not say." at once, naming those words
     ("absent"). The output says which. An open question ("Describe the setting.", "Who is
     Ellen, and what does she do?") gets a longer answer: a summary focused on it, written
-    section by section from sentences spread over the document, each part with its pages or
-    lines (--answer long|short to choose yourself). The
+    section by section from the sentences about it (and the document's own summary where they
+    are few), each part with its pages or lines (--answer long|short to choose yourself). The
     document's memory and sentences are cached, keyed by the document's and the model's
     hashes, so the next question about it starts at once.
 

@@ -8,7 +8,9 @@ best last, after worked examples or, for "Who is X?" of a name, in its chat temp
 ("written"; a phrase that first restates the question is cut to the answer, restatement.py);
 without a writer it is the best evidence itself ("extractive"), or, for a
 checkpoint of ours trained to answer, generated from the saved document memory with the
-evidence and the question in its local window ("generated").
+evidence and the question in its local window ("generated"). An open question ("Describe the
+setting.", "What happens to X?") is answered long instead: a summary focused on it
+(open_questions.py).
 """
 
 from __future__ import annotations
