@@ -207,9 +207,9 @@ def oracle_evidence(rd, ps, q, golds: list[str]):
     return [p for p in ranked + list(ps) if holds([p], golds)][:1]
 
 
-def open_answer_of(rd, ps, q, writer) -> str:
+def open_answers_of(rd, ps, q, writer) -> dict[str, str]:
     """`infini ask`'s long answer to an open question (tasks.open_questions), from a document's
-    passages and final statistics: written with a writer, the focused sentences without."""
+    passages and final statistics: "written" by the writer, "extractive" (the focused sentences)."""
     from infini_cli.tasks.ask import rank_passages
     from infini_cli.tasks.open_questions import FOCUS_POOL, answer_open, subject_question
     from infini_cli.tasks.summary_scoring import SummaryPool
@@ -218,7 +218,8 @@ def open_answer_of(rd, ps, q, writer) -> str:
     for p in ps:
         pool.add(p, rd.index)
     ranked = rank_passages(subject_question(q), ps, rd.index, FOCUS_POOL)
-    return answer_open(q, pool.candidates(), ranked, rd.index, writer=writer)[0]
+    return {system: answer_open(q, pool.candidates(), ranked, rd.index, writer=w)[0]
+            for system, w in (("written", writer), ("extractive", None))}
 
 
 def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_questions: int,
@@ -240,12 +241,12 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
     def answers_of(rd, ps, ev, q) -> dict[str, str]:
         """Every system's answer: as `infini ask` answers with the writer ("written") and without
         it ("extractive", the top evidence sentence; for an open question both are ask's long
-        answer, open_answer_of), "does not say" where the document lacks the question's words
+        answer, open_answers_of), "does not say" where the document lacks the question's words
         (ask_scoring.unmentioned_words; of an open question, a name it never uses:
         ask_scoring.unknown_names); and each without that rule."""
         shown = ASK_SHOTS[:shots] if shots is not None else ASK_SHOTS
         if is_open_question(q):
-            alone = {"written": open_answer_of(rd, ps, q, writer), "extractive": open_answer_of(rd, ps, q, None)}
+            alone = open_answers_of(rd, ps, q, writer)
             absent = unknown_names(q, rd.index.stats) is not None
         else:
             alone = {"written": write_answer(writer, ev, q, prompt=prompt, shots=shown) if ev else NOT_IN_DOCUMENT,
@@ -667,6 +668,14 @@ def bench_llamacpp(gguf: Path, threads: list[int], prompt_tokens: int = 512, dec
 
 # ----------------------------------------------------------------------------- main
 
+def print_rouge_rows(rows: dict, first: str, width: int, extra_title: str = "", extra: str = "") -> None:
+    """A table of ROUGE-1/2/L and mean words by system, with one more column (a share) if named."""
+    print(f"{first:{width}} {'R-1':>6} {'R-2':>6} {'R-L':>6} {'words':>6}" + (f"  {extra_title}" if extra else ""))
+    for k, v in rows.items():
+        print(f"{k:{width}} {v['rouge1']:6.2f} {v['rouge2']:6.2f} {v['rougeL']:6.2f} {v['mean_words']:6.1f}"
+              + (f"  {v[extra]:.1%}" if extra else ""))
+
+
 def print_report(res: dict) -> None:
     if "ask" in res:
         a = res["ask"]
@@ -693,19 +702,14 @@ def print_report(res: dict) -> None:
     if "summarize" in res:
         s = res["summarize"]
         print(f"\nsummarize on SQuALITY {s['split']}: {s['stories']} stories, {s['words']} words")
-        print(f"{'system':12} {'R-1':>6} {'R-2':>6} {'R-L':>6} {'words':>6}")
-        for k, v in s["rows"].items():
-            print(f"{k:12} {v['rouge1']:6.2f} {v['rouge2']:6.2f} {v['rougeL']:6.2f} {v['mean_words']:6.1f}")
+        print_rouge_rows(s["rows"], "system", 12)
         print(f"ROUGE-L of the written summary above the extractive one's in {s['stories_written_above_extractive']} "
               f"of {s['stories']} stories")
     if "ask_stories" in res:
         s = res["ask_stories"]
         print(f"\nask on SQuALITY {s['split']} questions about the story: {s['questions']} questions of {s['stories']} "
               f"stories ({s['open_questions']} open), long answers {s['words']} words")
-        print(f"{'answer':32} {'R-1':>6} {'R-2':>6} {'R-L':>6} {'words':>6}  words neither story nor question uses")
-        for k, v in s["rows"].items():
-            print(f"{k:32} {v['rouge1']:6.2f} {v['rouge2']:6.2f} {v['rougeL']:6.2f} {v['mean_words']:6.1f}  "
-                  f"{v['unsupported_words']:.1%}")
+        print_rouge_rows(s["rows"], "answer", 32, "words neither story nor question uses", "unsupported_words")
     if "speed" in res:
         print(f"\nwriter speed (prompt {res['speed']['prompt_tokens']} tokens, then {res['speed']['decode_tokens']} decoded)")
         for r in res["speed"]["rows"]:

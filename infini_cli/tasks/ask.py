@@ -298,6 +298,7 @@ def ask(
     ranked = rank_for_question(pool, read.index.stats, max(n_rank, FOCUS_POOL if kind == "open" else 0))
     evidence = ranked[:top_k]
     warnings = list(read.warnings)
+    writer_name = str(writer.header.path) if writer is not None else None
     # an open question is turned away only for a name the document never uses (unknown_names)
     unmentioned = (unknown_names(question, read.index.stats) if kind == "open"
                    else unmentioned_words(question, read.index.stats))
@@ -306,16 +307,14 @@ def ask(
         if on_text is not None:
             on_text(NOT_IN_DOCUMENT)
         return AskResult(question, NOT_IN_DOCUMENT, ABSENT, evidence, read.run_facts(loaded, started), warnings,
-                         writer=str(writer.header.path) if writer is not None else None, unmentioned=unmentioned,
-                         kind=kind)
+                         writer=writer_name, unmentioned=unmentioned, kind=kind)
     if kind == "open":
         text, chosen, sections = answer_open(question, summary_pool.candidates(), ranked, read.index, n_words, writer,
                                              on_text)
         if not chosen:
             warnings.append("no sentence of 5 to 60 words found to answer with")
         return AskResult(question, text, WRITTEN if writer is not None else EXTRACTIVE, chosen,
-                         read.run_facts(loaded, started), warnings,
-                         writer=str(writer.header.path) if writer is not None else None, kind=kind, sections=sections)
+                         read.run_facts(loaded, started), warnings, writer=writer_name, kind=kind, sections=sections)
     ranked = ranked[:n_rank]
     if writer is not None:
         mode = WRITTEN
@@ -329,7 +328,7 @@ def ask(
             if on_text is not None:
                 on_text(answer)
         return AskResult(question, answer, mode, evidence, read.run_facts(loaded, started), warnings,
-                         writer=str(writer.header.path), second_hop=hop)
+                         writer=writer_name, second_hop=hop)
     if generates_answers(loaded) and evidence:
         mode = GENERATED
         answer = generate_answer(loaded, read.state, evidence, question, on_text)

@@ -197,10 +197,15 @@ def question_coverage(question: str, stats: DocumentStats) -> tuple[float, list[
         return 1.0, []
     weight = {t: stats.idf(t) for _, t in asked}
     total = sum(weight.values())
-    found = {t: bool(stats.df.get(t, 0)) or _inflected(t, stats) for t in weight}
+    found = {t: _uses(t, stats) for t in weight}
     used = sum(w for t, w in weight.items() if found[t])
     unused = list(dict.fromkeys(w for w, t in asked if not found[t]))
     return (used / total if total > 0 else 1.0), unused
+
+
+def _uses(term: str, stats: DocumentStats) -> bool:
+    """The document uses the term, in this ending or another (_inflected)."""
+    return bool(stats.df.get(term, 0)) or _inflected(term, stats)
 
 
 def _inflected(term: str, stats: DocumentStats) -> bool:
@@ -234,9 +239,8 @@ _QUESTION_NAME = re.compile(r"(?<=[^\s.?!:;])\s+([A-Z][\w'’-]*)")  # not a sen
 
 def unknown_names(question: str, stats: DocumentStats) -> Optional[list[str]]:
     """The capitalised words after the question's first that the document never uses (in any
-    ending _inflected allows); None where it uses them all."""
-    unknown = [w for w in dict.fromkeys(_QUESTION_NAME.findall(question))
-               if (t := terms(w)) and not (stats.df.get(t[0], 0) or _inflected(t[0], stats))]
+    ending, _uses); None where it uses them all."""
+    unknown = [w for w in dict.fromkeys(_QUESTION_NAME.findall(question)) if (t := terms(w)) and not _uses(t[0], stats)]
     return unknown or None
 
 
