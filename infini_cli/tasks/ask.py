@@ -25,8 +25,8 @@ from ..checkpoint import LoadedModel
 from ..errors import InputError
 from ..memory import StreamState
 from ..readers import Document
-from .ask_scoring import (AskPool, AskWeights, QuestionScorer, asks_about_a_name, rank_for_question, second_hop,
-                          unknown_names, unmentioned_words)
+from .ask_scoring import (AskPool, AskWeights, QuestionScorer, asks_about_a_name, rank_for_question,
+                          document_forms, respell, respelled_names, second_hop, unknown_names, unmentioned_words)
 from .lexical import STOPWORDS, words
 from .modes import ABSENT, EXTRACTIVE, GENERATED, WRITTEN
 from .open_questions import FOCUS_POOL, OPEN_ANSWER_WORDS, answer_length, answer_open, subject_question
@@ -295,9 +295,17 @@ def ask(
         consumers.append(summary_pool.add)
     read = read_or_load(loaded, doc, consumers, use_cache, quiet, console, cache_root)
     n_rank = max(top_k, RANKED_DEPTH) if writer is not None else top_k
-    ranked = rank_for_question(pool, read.index.stats, max(n_rank, FOCUS_POOL if kind == "open" else 0))
-    evidence = ranked[:top_k]
+    depth = max(n_rank, FOCUS_POOL if kind == "open" else 0)
     warnings = list(read.warnings)
+    respelled = respelled_names(question, read.index.stats) if read.sentences is not None else {}
+    if respelled:  # a name the document spells otherwise: asked again, in its spelling, of its sentences
+        question = respell(question, document_forms(respelled, read.sentences()))
+        asked = subject_question(question) if kind == "open" else question
+        warnings.append(f"read the question as \"{question}\": the document's spelling of {', '.join(respelled)}")
+        ranked = rank_passages(asked, read.sentences(), read.index, depth, weights)
+    else:
+        ranked = rank_for_question(pool, read.index.stats, depth)
+    evidence = ranked[:top_k]
     writer_name = str(writer.header.path) if writer is not None else None
     # an open question is turned away only for a name the document never uses (unknown_names)
     unmentioned = (unknown_names(question, read.index.stats) if kind == "open"

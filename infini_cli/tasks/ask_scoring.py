@@ -244,6 +244,65 @@ def unknown_names(question: str, stats: DocumentStats) -> Optional[list[str]]:
     return unknown or None
 
 
+# A name the document spells otherwise ("Corporal Bettiejean" of a story that says "Bettijean")
+# is read as the document's spelling: a term one letter away (one more, one less, one
+# changed, two swapped), starting with the same letter, at least MIN_RESPELL letters long
+# (shorter names are too often another name: "Mary" / "Mark").
+MIN_RESPELL = 5
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """a and b differ by one letter inserted, deleted or changed, or two neighbours swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) > len(b):
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    if len(a) < len(b):
+        return a[i:] == b[i + 1:]
+    swapped = i + 1 < len(a) and a[i] == b[i + 1] and a[i + 1] == b[i] and a[i + 2:] == b[i + 2:]
+    return a[i + 1:] == b[i + 1:] or swapped
+
+
+def respelled_names(question: str, stats: DocumentStats) -> dict[str, str]:
+    """The question's capitalised names (after its first word) that the document never uses,
+    each with the term the document uses one letter away (the most frequent such); names
+    without one are left out."""
+    out: dict[str, str] = {}
+    for w in dict.fromkeys(re.sub(r"['’]s?$", "", w) for w in _QUESTION_NAME.findall(question)):  # "Vanse's"
+        t = terms(w)
+        if not t or len(w) < MIN_RESPELL or _uses(t[0], stats):
+            continue
+        near = [u for u in stats.df if u[:1] == t[0][:1] and _one_edit_apart(u, t[0])]
+        if near:
+            out[w] = max(near, key=lambda u: (stats.df[u], u))
+    return out
+
+
+def document_forms(names: dict[str, str], passages: Iterable[Passage]) -> dict[str, str]:
+    """Each name of respelled_names as the document writes it: the first word of the passages
+    whose term is the name's (its case and ending); the term capitalised where none is found.
+    Reads only as far as the last name's first use."""
+    forms: dict[str, str] = {}
+    wanted = {term: name for name, term in names.items()}
+    for p in passages:
+        for w in re.findall(r"[\w'’-]+", p.text):
+            if (t := terms(w)) and t[0] in wanted and wanted[t[0]] not in forms:
+                forms[wanted[t[0]]] = w
+        if len(forms) == len(names):
+            break
+    return {name: forms.get(name, term.capitalize()) for name, term in names.items()}
+
+
+def respell(question: str, forms: dict[str, str]) -> str:
+    """The question with each name replaced by its form (document_forms)."""
+    for name, form in forms.items():
+        question = re.sub(rf"(?<![\w'’-]){re.escape(name)}(?![\w-])", form, question)  # "Vanse's" too
+    return question
+
+
 # ----------------------------------------------------------------------------- second hop
 
 # capitalised words anywhere in a sentence (a sentence's first word too: "Mary went to ...")

@@ -38,11 +38,21 @@ _OPEN = re.compile(
     r"|^what\s+(?:happens|happened)\s+(?:to|with|between)\b"
     r"|^how\s+(?:does|do|did|is|are|was|were)\s+[^?]+?\s+(?:feel|felt|change|changes|develop|develops|evolve|"
     r"evolves|interact|interacts|relate|relates|portrayed|explored|shift|shifts)\b"
+    r"|^what\s+(?:is|are|was|were)\s+the\s+(?:main|central|primary)\s+(?:settings?|themes?|conflicts?)\b"
+    r"|^what\s+settings?\b|^what\s+(?:roles?|relationships?)\s+(?:does|do|did)\b"
+    r"|^what\s+(?:is|are|was|were)\b[^?]*\ba\s+symbol\s+of\b|\breveal\s+about\b"
+    # a list of the story's things: "What are some of the dishes ...", "What are the features of ..."
+    r"|^what\s+are\s+(?:some\s+of\s+the|the\s+features)\b"
     r"|\b(?:his|her|their|its)\s+(?:traits|characteristics)\b"
+    r"|\band\s+(?:its|his|her|their)\s+(?:significance|importance|purpose)\b"
     rf"|\bthroughout\s+(?:the\s+)?{_STORY}\b"
+    # what something is or does in the story, at the end: "How is slang used in the story?"
+    # (not who, when or which, how many, nor the name of: "Who is the narrator of the story?")
+    r"|^(?!who\b|whom\b|when\b|which\b|where\b|how\s+(?:many|much|old|long)\b|what\s+(?:is|was)\s+the\s+(?:name|title)\b)"
+    rf"[^?]*\b(?:in|to|on|of|for)\s+(?:the|this)\s+{_STORY}\W*$"
     rf"|^where\s+(?:does|did|is|was)\s+the\s+{_STORY}\s+(?:take\s+place|set|happen)"
     # a question in two parts: "Who is Ellen, and how does she affect Thig?", "... ? Why?"
-    r"|^(?:who|what)\s+(?:is|are|was|were)\s+[^?]+?,?\s+and\s+(?:what|how|why)\b"
+    r"|^(?:who|what)\s+(?:is|are|was|were)\s+[^?]+?,?\s+and\s+(?:what|how|why)\b|,?\s+and\s+(?:why|how)\b"
     r"|\?\s*\S.*\?",
     re.IGNORECASE)
 
