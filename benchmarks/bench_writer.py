@@ -137,13 +137,15 @@ def ranking_of(rd, ps, q):
 
 
 def evidence_of(rd, ps, q, ranking=None):
-    """What `infini ask` gives the writer: the best evidence and its second hop (from
-    `ranking`, ranking_of's, where the caller has it)."""
-    from infini_cli.tasks.ask import HOP_PASSAGES, RANKED_DEPTH, writer_evidence
+    """What `infini ask` gives the writer (the best evidence, and its second hop where the
+    question wants one) and whether the writer copies its answer from it (tasks.ask.writer_plan),
+    from `ranking`, ranking_of's, where the caller has it."""
+    from infini_cli.tasks.ask import HOP_PASSAGES, RANKED_DEPTH, wants_second_hop, writer_plan
     from infini_cli.tasks.ask_scoring import second_hop
 
     ranked = (ranking if ranking is not None else ranking_of(rd, ps, q))[:RANKED_DEPTH]
-    return writer_evidence(ranked, second_hop(q, ranked, ps, rd.index.stats, HOP_PASSAGES) if ranked else [])
+    hop = second_hop(q, ranked, ps, rd.index.stats, HOP_PASSAGES) if ranked and wants_second_hop(q, ranked[0]) else []
+    return writer_plan(q, ranked, hop)
 
 
 def squad_sample(reader, data_dir: Path, workdir: Path, n_articles: int, n_questions: int, offset: int):
@@ -187,7 +189,7 @@ def bench_absent_rule(reader, data_dir: Path, workdir: Path, n_articles: int, n_
             q, golds = qa["question"], [a["text"] for a in qa["answers"]]
             present.append(question_coverage(q, doc(ai)[0].index.stats)[0])
             ord_, ops = doc(other)
-            if not holds(evidence_of(ord_, ops, q), golds):
+            if not holds(evidence_of(ord_, ops, q)[0], golds):
                 absent.append(question_coverage(q, ord_.index.stats)[0])
     rows = [{"threshold": t, "absent_caught": round(sum(c < t for c in absent) / len(absent), 4),
              "present_turned_away": round(sum(c < t for c in present) / len(present), 4)} for t in thresholds]
@@ -224,7 +226,7 @@ def open_answers_of(rd, ps, q, writer) -> dict[str, str]:
 
 def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_questions: int,
               offset: int = 0, prompt: Optional[str] = None, shots: Optional[int] = None, oracle: bool = False) -> dict:
-    from infini_cli.tasks.ask import ASK_SHOTS, write_answer
+    from infini_cli.tasks.ask import ASK_SHOTS, write_answer, writer_plan
     from infini_cli.tasks.ask_scoring import unknown_names, unmentioned_words
     from infini_cli.tasks.open_questions import is_open_question
     from infini_cli.tasks.writer import NOT_IN_DOCUMENT
@@ -238,18 +240,20 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
     if oracle:
         systems += (ORACLE,)
 
-    def answers_of(rd, ps, ev, q) -> dict[str, str]:
+    def answers_of(rd, ps, plan, q) -> dict[str, str]:
         """Every system's answer: as `infini ask` answers with the writer ("written") and without
         it ("extractive", the top evidence sentence; for an open question both are ask's long
         answer, open_answers_of), "does not say" where the document lacks the question's words
         (ask_scoring.unmentioned_words; of an open question, a name it never uses:
-        ask_scoring.unknown_names); and each without that rule."""
+        ask_scoring.unknown_names); and each without that rule. plan: evidence_of's."""
+        ev, copy = plan
         shown = ASK_SHOTS[:shots] if shots is not None else ASK_SHOTS
         if is_open_question(q):
             alone = open_answers_of(rd, ps, q, writer)
             absent = unknown_names(q, rd.index.stats) is not None
         else:
-            alone = {"written": write_answer(writer, ev, q, prompt=prompt, shots=shown) if ev else NOT_IN_DOCUMENT,
+            alone = {"written": write_answer(writer, ev, q, prompt=prompt, shots=shown, copy=copy) if ev
+                     else NOT_IN_DOCUMENT,
                      "extractive": ev[0].text if ev else ""}
             absent = not ev or unmentioned_words(q, rd.index.stats) is not None
         return {**{k: NOT_IN_DOCUMENT if absent else v for k, v in alone.items()},
@@ -260,12 +264,13 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
         for qa in qas:
             q, golds = qa["question"], [a["text"] for a in qa["answers"]]
             ranking = ranking_of(rd, ps, q)
-            ev = evidence_of(rd, ps, q, ranking)
-            here = answers_of(rd, ps, ev, q)
+            ev, copy = evidence_of(rd, ps, q, ranking)
+            here = answers_of(rd, ps, (ev, copy), q)
             if oracle:  # the ceiling: the writer alone, given the sentence that holds the answer
                 best_ev = oracle_evidence(rd, ps, q, golds)
                 tot["oracle_found"] += bool(best_ev)
-                here[ORACLE] = write_answer(writer, best_ev, q, prompt=prompt) if best_ev else ""
+                oracle_ev, oracle_copy = writer_plan(q, best_ev, [])
+                here[ORACLE] = write_answer(writer, oracle_ev, q, prompt=prompt, copy=oracle_copy) if best_ev else ""
             tot["n"] += 1
             for system, answer in here.items():
                 tot[f"{system} em"] += best(exact_match, answer, golds)
@@ -276,15 +281,17 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
                 tot[f"ranking holds at {depth}"] += holds(ranking[:depth], golds)
             # the same question of another article: the answer should be absent there
             ord_, ops = doc(other)
-            oev = evidence_of(ord_, ops, q)
-            there = answers_of(ord_, ops, oev, q)
+            oplan = evidence_of(ord_, ops, q)
+            oev = oplan[0]
+            there = answers_of(ord_, ops, oplan, q)
             if not holds(oev, golds):
                 tot["absent_n"] += 1
                 for system, answer in there.items():
                     tot[f"{system} said absent when absent"] += said_absent(answer)
-            if len(examples) < 12:
-                examples.append({"question": q, "gold": golds[0], "written": here["written"],
-                                 "extractive": here["extractive"], "other_document": there["written"]})
+            examples.append({"article": ai, "question": q, "gold": golds[0], "copied": copy, "sentences_read": len(ev),
+                             "written": here["written"], "extractive": here["extractive"],
+                             "written_f1": round(best(f1_score, here["written"], golds), 4),
+                             "other_document": there["written"]})
         log(f"ask: article {k + 1}/{len(sample)}, {tot['n']} questions, written F1 "
             f"{100 * tot['written f1'] / tot['n']:.1f} vs extractive {100 * tot['extractive f1'] / tot['n']:.1f}")
     n, absent_n = tot["n"], tot["absent_n"]

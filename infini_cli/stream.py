@@ -220,6 +220,27 @@ class NgramBan:
         return sorted(self.followers.get(tuple(out[len(out) - self.n + 1:]), ()))
 
 
+class CopySpans:
+    """Which next tokens keep what is generated a copy of a span of one of the sources (token
+    lists), or end it: a small writer asked for a phrase from its evidence then answers with
+    the evidence's own words, never a paraphrase or an invented name. Follows every place in
+    the sources where the tokens so far occur; `ends` (end of text, a new line) are always
+    allowed."""
+
+    def __init__(self, sources: Sequence[Sequence[int]], ends: Iterable[int]) -> None:
+        self.sources = [list(s) for s in sources if s]
+        self.ends = set(ends)
+        self.active = [(i, j) for i, s in enumerate(self.sources) for j in range(len(s))]
+
+    def allowed(self) -> list[int]:
+        return sorted({self.sources[i][j] for i, j in self.active} | self.ends)
+
+    def add(self, token: int) -> None:
+        """The token was generated: keep the places it continues."""
+        self.active = [(i, j + 1) for i, j in self.active
+                       if self.sources[i][j] == token and j + 1 < len(self.sources[i])]
+
+
 @torch.inference_mode()
 def generate(
     model: InfiniTransformer,
@@ -235,6 +256,7 @@ def generate(
     no_repeat_ngram: int = 0,
     compiled: Optional[CompiledStep] = None,
     first_ban: Sequence[int] = (),
+    copy: Optional[CopySpans] = None,
 ) -> Iterator[int]:
     """Continue the stream: feed the prompt, then yield generated tokens one by one.
 
@@ -245,8 +267,9 @@ def generate(
     step's logits (a writer leaning towards the words of its evidence). With no_repeat_ngram
     n >= 2, no generated n-gram is generated twice (NgramBan). With `compiled` (a package
     decode_compiled.load_compiled gave for this model), one stream decodes through it. The
-    tokens of `first_ban` are never the first one generated. The caller's `state` is not
-    modified (tensors are replaced, never written in place).
+    tokens of `first_ban` are never the first one generated. With `copy` (CopySpans), only
+    tokens that continue a span of its sources, or end, are generated. The caller's `state` is
+    not modified (tensors are replaced, never written in place).
     """
     if not prompt:
         raise ValueError("generate needs at least one prompt token")
@@ -275,10 +298,15 @@ def generate(
             step = step.float().index_fill(0, torch.tensor(banned, device=device), float("-inf"))
         if first_ban and not out:
             step = step.float().index_fill(0, torch.tensor(list(first_ban), device=device), float("-inf"))
+        if copy is not None:
+            keep = torch.tensor(copy.allowed(), device=device)
+            step = torch.full_like(step, float("-inf"), dtype=torch.float32).index_copy(0, keep, step.float()[keep])
         tok = sample_next(step, sampling, gen)
         out.append(tok)
         if ban is not None:
             ban.add(out)
+        if copy is not None:
+            copy.add(tok)
         yield tok
         if stop is not None and stop(out):
             return

@@ -338,3 +338,19 @@ def test_second_hop_finds_the_latest_sentence_one_name_away():
     assert hop[0].text == "Daniel travelled to the bedroom."
     assert all("Daniel" in p.text for p in hop) and first[0].index not in {p.index for p in hop}
     assert second_hop("Where is the football?", [], ps, index.stats, k=3) == []
+
+
+@pytest.mark.parametrize("question, text, lacks", [
+    ("Where is the football?", "Daniel picked up the football.", True),
+    ("Where is the football?", "Daniel went to the garden.", False),
+    ("When did the plague end?", "The population did not recover until the 17th century.", False),
+    ("When did the plague end?", "The plague ended when the rats were gone.", True),
+    ("How many representatives does each electorate have?", "Each is represented by five members.", False),
+    ("How many porters were there?", "The porters reached the lake.", True),
+    ("Who manages a construction job?", "An architect manages the job.", False),  # never lacking
+    ("What is north of the garden?", "The kitchen is south of the hall.", False),
+])
+def test_what_the_best_evidence_lacks_decides_a_second_hop(question, text, lacks):
+    from infini_cli.tasks.ask_scoring import lacks_what_is_asked
+
+    assert lacks_what_is_asked(question, text) is lacks

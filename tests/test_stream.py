@@ -9,7 +9,7 @@ import torch
 
 from infini_cli.config import preset
 from infini_cli.memory import StreamState, commit_segment
-from infini_cli.stream import NgramBan, Sampling, feed, generate, ingest, start_segment_for
+from infini_cli.stream import CopySpans, NgramBan, Sampling, feed, generate, ingest, start_segment_for
 
 from .conftest import random_model
 
@@ -153,6 +153,37 @@ def test_a_banned_first_token_is_never_the_first_and_the_rest_decodes_as_usual()
     got = list(generate(model, StreamState.empty(cfg), prompt, max_new_tokens=6, first_ban=banned))
     assert got[0] == ranked[3]
     assert got[1:] == list(generate(model, StreamState.empty(cfg), prompt + got[:1], max_new_tokens=5))
+
+
+def test_copy_spans_allow_only_what_continues_a_span_of_a_source_or_ends():
+    spans = CopySpans([[5, 6, 7], [6, 8], []], ends=[0])
+    assert spans.allowed() == [0, 5, 6, 7, 8]  # any source token starts a span
+    spans.add(6)
+    assert spans.allowed() == [0, 7, 8]  # 6 is followed by 7 in one source and 8 in the other
+    spans.add(7)
+    assert spans.allowed() == [0]  # the end of a source: only an end
+    spans = CopySpans([[5, 6, 7]], ends=[0])
+    spans.add(6)
+    spans.add(5)  # not a continuation (a caller that ignored allowed): nothing left but ending
+    assert spans.allowed() == [0]
+
+
+@pytest.mark.parametrize("seed", [3, 9])
+def test_generate_with_copy_spans_copies_a_span_and_each_token_is_the_best_allowed(seed):
+    """What is generated is a span of a source, then an end; each token is the best of those
+    allowed (checked against a fresh forward over everything before it)."""
+    cfg = preset("tiny")
+    model = random_model(cfg, seed=seed)
+    prompt, sources, end = [1, 2, 3], [[10, 11, 12, 13, 14, 15], [20, 11, 30]], 0
+    got = list(generate(model, StreamState.empty(cfg), prompt, max_new_tokens=10, copy=CopySpans(sources, [end]),
+                        stop=lambda out: out[-1] == end))
+    body = got[:-1] if got[-1] == end else got
+    assert body and any(src[i:i + len(body)] == body for src in sources for i in range(len(src)))
+    spans = CopySpans(sources, [end])
+    for i, t in enumerate(got):
+        logits, _ = feed(model, StreamState.empty(cfg), prompt + got[:i], logits="last")
+        assert t == max(spans.allowed(), key=lambda v: float(logits[0, -1, v]))
+        spans.add(t)
 
 
 def test_sampling_is_deterministic_with_a_seed():

@@ -98,12 +98,13 @@ def test_the_writer_reads_a_second_hop_from_the_cache(tmp_path, writer_path, mon
     sentences found are reported beside the evidence (and a pipe, never cached, has none)."""
     monkeypatch.setenv("INFINI_CACHE_DIR", str(tmp_path / "cache"))
     doc = tmp_path / "d.txt"
-    doc.write_text(document() + "Thomas Telford later surveyed the canal from Chester.\n")
-    r = runner.invoke(app, ["ask", str(doc), "Who built the bridge?", "--model", str(writer_path), "--json"])
+    doc.write_text(document(answer_at=10) + "Daniel picked up the football.\nDaniel went back to the garden.\n")
+    # a question that names no one, its best evidence without the place it asks for (wants_second_hop)
+    r = runner.invoke(app, ["ask", str(doc), "Where is the football?", "--model", str(writer_path), "--json"])
     assert r.exit_code == 0, r.output
     hop = json.loads(r.output)["second_hop"]
-    assert [h["text"] for h in hop] == ["Thomas Telford later surveyed the canal from Chester."]
-    r = runner.invoke(app, ["ask", "-", "Who built the bridge?", "--model", str(writer_path), "--json"],
+    assert [h["text"] for h in hop] == ["Daniel went back to the garden."]
+    r = runner.invoke(app, ["ask", "-", "Where is the football?", "--model", str(writer_path), "--json"],
                       input=doc.read_text())
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["second_hop"] == []
@@ -202,8 +203,9 @@ def test_in_a_small_window_the_examples_give_way_to_the_evidence(writer_path, mo
 
 
 def test_the_writer_reads_the_best_evidence_last_nearest_the_question(writer_path, monkeypatch):
-    """writer_evidence: the best WRITER_RANKED sentences, then the second hop (most important
-    first); write_answer shows them the other way round, so the best meets the question."""
+    """writer_plan: with a second hop, the best WRITER_RANKED sentences, then the hop (most
+    important first), written freely; write_answer shows them the other way round, so the best
+    meets the question. Without one, the best alone, copied; "Who is X?" is never copied."""
     from infini_cli.tasks import ask as ask_task
     from infini_cli.tasks.passages import Passage
 
@@ -212,8 +214,16 @@ def test_the_writer_reads_the_best_evidence_last_nearest_the_question(writer_pat
 
     ranked = [passage(f"Ranked {i}.", 10 - i) for i in range(1, 6)]  # best first, late in the document
     hop = [passage("Hop one.", 20), passage("Hop two.", 1)]
-    evidence = ask_task.writer_evidence(ranked, hop)
+    carried, went = passage("Daniel picked up the football.", 3), passage("Daniel went to the garden.", 4)
+    assert ask_task.wants_second_hop("Where is the football?", carried)  # no place in it: one step on
+    assert not ask_task.wants_second_hop("Where is the football?", went)  # the place is there
+    assert not ask_task.wants_second_hop("Where is Mary?", carried)  # a question that names someone
+    assert not ask_task.wants_second_hop("What did Daniel pick up?", carried)
+    evidence, copy = ask_task.writer_plan("Where is the football?", ranked, hop)
     assert [p.text for p in evidence] == [p.text for p in ranked[:ask_task.WRITER_RANKED]] + ["Hop one.", "Hop two."]
+    assert not copy
+    assert ask_task.writer_plan("Where did Mary go?", ranked, []) == (ranked[:ask_task.WRITER_COPIED], True)
+    assert ask_task.writer_plan("Who is Thomas Telford?", ranked, []) == (ranked[:ask_task.WRITER_RANKED], False)
     seen = {}
     monkeypatch.setattr(ask_task, "complete", lambda loaded, text, *a, **k: seen.setdefault("prompt", text))
     ask_task.write_answer(load_checkpoint(writer_path), evidence, "Who built the bridge?", prompt="shots")
@@ -320,3 +330,18 @@ def test_an_open_question_is_written_section_by_section_from_the_focused_sentenc
     firsts = [s["lines"][0] for s in data["sections"]]
     assert firsts == sorted(firsts)
     assert sum("Ellen" in e["text"] for e in data["evidence"]) >= 2
+
+
+def test_a_copied_answer_is_a_phrase_of_the_evidence_word_for_word(writer_path):
+    """copy: the tiny random writer, free, writes tokens from anywhere; copying, its answer
+    is a span of the passage."""
+    from infini_cli.tasks import ask as ask_task
+    from infini_cli.tasks.passages import Passage
+
+    w = load_checkpoint(writer_path)
+    text = "Thomas Telford built the bridge over the river in 1826 for the new railway."
+    evidence = [Passage(text, 0, 0, None, 1, ["thoma", "telford", "built"])]
+    free = ask_task.write_answer(w, evidence, "Who built the bridge?", prompt="shots")
+    assert free and free not in text  # the premise: free, it strays from the passage
+    copied = ask_task.write_answer(w, evidence, "Who built the bridge?", prompt="shots", copy=True)
+    assert copied and copied in text, copied

@@ -25,8 +25,9 @@ from ..checkpoint import LoadedModel
 from ..errors import InputError
 from ..memory import StreamState
 from ..readers import Document
-from .ask_scoring import (AskPool, AskWeights, QuestionScorer, asks_about_a_name, rank_for_question,
-                          document_forms, respell, respelled_names, second_hop, unknown_names, unmentioned_words)
+from .ask_scoring import (AskPool, AskWeights, QuestionScorer, asks_about_a_name, document_forms,
+                          lacks_what_is_asked, names_someone, rank_for_question, respell, respelled_names, second_hop,
+                          unknown_names, unmentioned_words)
 from .lexical import STOPWORDS, words
 from .modes import ABSENT, EXTRACTIVE, GENERATED, WRITTEN
 from .open_questions import FOCUS_POOL, OPEN_ANSWER_WORDS, answer_length, answer_open, subject_question
@@ -50,6 +51,25 @@ RANKED_DEPTH = 8             # evidence ranked this deep for the writer (the sec
 # steps; on BABILong it answers qa2 at all only with the hop, README).
 WRITER_RANKED = 2
 HOP_PASSAGES = 3
+# A phrase copied, word for word, from the best evidence sentence alone (stream.CopySpans: the
+# answer can only continue a run of the passage's tokens, then end), unless the answer may be
+# one step on (wants_second_hop: a question that names no one, whose best evidence lacks the
+# place, time or number it asks for, "Where is the football?" of "Daniel picked up the
+# football."): then the best 2 and the hop, written freely. The 135M writer otherwise
+# paraphrases, adds words, or takes its answer from a sentence it should not. SQuAD dev articles
+# 3, 9, ..., 45 (160 questions; bench_writer.py --sections ask --article-offset 3), every
+# question answered one way, token F1 / EM: 37.87 / 27.50 as shipped before (the best 2 and the
+# hop, free), 41.41 / 29.38 the best alone, free; 43.55 / 33.75 the best alone, copied (shipped;
+# the hop's rule takes no dev question); 37.72 / 28.75 copied from the best 2; 35.15 / 27.50
+# copied from the best 2 and the hop; 39.03 / 29.38 with the hop for every question that names
+# no one (60 of 64 such questions then scored 28.6 against 39.9 copied); with "The document does
+# not say." a span it may copy, it did so for 4.4% of the answerable questions (F1 -1.3). Given
+# the sentence that holds the answer (--ask-oracle), 52.19 / 37.50 free and 58.81 / 45.62
+# copied. On BABILong (writer, 20 samples a cell) qa1-qa5 27% / 38% at 0 / 4K tokens before,
+# 23% / 35% as shipped (qa1 60% -> 45%: "Where is Mary?" copied from the best sentence alone,
+# not always her latest), 25% / 40% copied from the best 2; qa2 stays at 40% (the hop).
+ASK_COPY_SPANS = True
+WRITER_COPIED = 1
 WRITER_ANSWER_TOKENS = 48
 # ECHO_RETRY: an answer made of nothing but the question's words and stop words ("Yuan" to
 # "What dynasty came before the Yuan?"; 26 of 160 dev questions given the best evidence alone,
@@ -165,10 +185,11 @@ def shots_prompt(question: str, passages: list[str], shots: Sequence[tuple[str, 
 def write_answer(writer: LoadedModel, evidence: list[Passage], question: str,
                  on_text: Optional[Callable[[str], None]] = None, max_tokens: int = WRITER_ANSWER_TOKENS,
                  bias: Optional[float] = None, prompt: Optional[str] = None,
-                 shots: Sequence[tuple[str, str, str]] = ASK_SHOTS) -> str:
+                 shots: Sequence[tuple[str, str, str]] = ASK_SHOTS, copy: bool = False) -> str:
     """The writer's answer from the evidence (most important first) that fits its window,
     shown to it the other way round: the most important last, nearest the question
-    (WRITER_RANKED). prompt: ASK_PROMPT unless given; shots: its worked examples."""
+    (WRITER_RANKED). prompt: ASK_PROMPT unless given; shots: its worked examples; copy: a
+    phrase of the evidence word for word ("shots" only; ASK_COPY_SPANS)."""
     # "Who is X?" of a name wants X described; given the worked examples the writer answers with
     # a name ("Lord John Roxton"), in its chat template with a sentence about X
     prompt = prompt or ("chat" if asks_about_a_name(question) else ASK_PROMPT)
@@ -194,7 +215,8 @@ def write_answer(writer: LoadedModel, evidence: list[Passage], question: str,
     if prompt == "shots":  # a phrase: what restates the question is dropped, as it streams too
         text = shots_prompt(question, texts, shots)
         kwargs = dict(sources=texts + [question], bias=SHOTS_COPY_BIAS if bias is None else bias,
-                      no_repeat_ngram=NO_REPEAT_NGRAM, one_line=True)
+                      no_repeat_ngram=NO_REPEAT_NGRAM, one_line=True,
+                      copy_from=texts if copy else ())
         shown = RestatementFilter(question, on_text)
         answer = complete(writer, text, max_tokens, shown, **kwargs)
         if echoes_question(answer, question):  # held back, never shown: asked once more (ECHO_RETRY)
@@ -220,10 +242,22 @@ def echo_tokens(writer: LoadedModel, question: str, echo: str) -> list[int]:
     return sorted(first)
 
 
-def writer_evidence(ranked: list[Passage], hop: list[Passage]) -> list[Passage]:
+def wants_second_hop(question: str, best: Passage) -> bool:
+    """The answer may be one step on from the best evidence (the second hop): the question
+    names no one, and its best evidence lacks what it asks for ("Where is the football?" of
+    "Daniel picked up the football.": no place). Otherwise the best evidence answers it, copied
+    (ASK_COPY_SPANS; without it, every question takes the hop)."""
+    return not ASK_COPY_SPANS or (not names_someone(question) and lacks_what_is_asked(question, best.text))
+
+
+def writer_plan(question: str, ranked: list[Passage], hop: list[Passage]) -> tuple[list[Passage], bool]:
     """What the writer reads, most important first (what does not fit its window is dropped
-    from the end): the best evidence, then the second hop."""
-    return ranked[:WRITER_RANKED] + hop
+    from the end), and whether it copies its answer from it: without a second hop, for a
+    question other than "Who is X?", the best evidence alone, copied (ASK_COPY_SPANS); else
+    the best WRITER_RANKED, then the second hop, written freely."""
+    if ASK_COPY_SPANS and not hop and not asks_about_a_name(question):
+        return ranked[:WRITER_COPIED], True
+    return ranked[:WRITER_RANKED] + hop, False
 
 
 def generate_answer(loaded: LoadedModel, state: StreamState, evidence: list[Passage], question: str,
@@ -327,10 +361,11 @@ def ask(
     if writer is not None:
         mode = WRITTEN
         hop: list[Passage] = []
-        if ranked and read.sentences is not None:
+        if ranked and read.sentences is not None and wants_second_hop(question, ranked[0]):
             hop = second_hop(question, ranked, read.sentences(), read.index.stats, HOP_PASSAGES)
         if ranked:
-            answer = write_answer(writer, writer_evidence(ranked, hop), question, on_text)
+            read_by_writer, copy = writer_plan(question, ranked, hop)
+            answer = write_answer(writer, read_by_writer, question, on_text, copy=copy)
         else:
             answer = NOT_IN_DOCUMENT
             if on_text is not None:

@@ -52,6 +52,33 @@ def has_answer_type(kind: Optional[str], text: str) -> bool:
     return bool(_INNER_NAME.search(text))
 
 
+# a place: a preposition of place before a word ("went to the garden", "in Paris")
+_PLACE = re.compile(r"\b(?:in|at|to|into|inside|near|from|on|onto|toward|towards)\s+(?:the\s+|a\s+|an\s+)?\w",
+                    re.IGNORECASE)
+
+
+_NUMBER_WORDS = frozenset("""one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen
+sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred hundreds thousand
+thousands million millions billion billions dozen dozens half single double twice""".split())
+_TIME_WORDS = _MONTHS | frozenset("""monday tuesday wednesday thursday friday saturday sunday century centuries decade
+decades year years ago today yesterday tomorrow morning afternoon evening night spring summer autumn winter
+before after during until since""".split())
+
+
+def lacks_what_is_asked(question: str, text: str) -> bool:
+    """The question asks for a place ("where"), a time or a number (answer_type) and the text
+    holds none: "Where is the football?" of "Daniel picked up the football.". Broader than
+    has_answer_type, which scores evidence ("five", "the 17th century" count here); "who" is
+    never lacking (a person is often not a name: "An architect")."""
+    kind = answer_type(question) or ("place" if words(question)[:1] == ["where"] else None)
+    if kind == "place":
+        return not _PLACE.search(text)
+    if kind in ("time", "number"):
+        ws = set(words(text))
+        return not (_DIGIT.search(text) or ws & (_TIME_WORDS if kind == "time" else _NUMBER_WORDS))
+    return False
+
+
 _IS_QUESTION = re.compile(r"\?[\"'”’)\]]*\s*$")
 _DEFINITION_QUESTION = re.compile(r"^\s*(?:who|what)\s+(?:is|was|are|were)\s+(?:the\s+|a\s+|an\s+)?(.+?)\s*\??\s*$",
                                   re.IGNORECASE)
@@ -235,6 +262,12 @@ def unmentioned_words(question: str, stats: DocumentStats,
 # open (the rule above) and "Who is Garrett and what happens to him?" of a story that never
 # names him.
 _QUESTION_NAME = re.compile(r"(?<=[^\s.?!:;])\s+([A-Z][\w'’-]*)")  # not a sentence's first word
+
+
+def names_someone(question: str) -> bool:
+    """The question has a capitalised word after its first ("Where is Mary?", "What dynasty
+    came before the Yuan?"); "Where is the football?" does not."""
+    return bool(_QUESTION_NAME.search(question))
 
 
 def unknown_names(question: str, stats: DocumentStats) -> Optional[list[str]]:

@@ -17,6 +17,8 @@ from ..memory import StreamState
 if TYPE_CHECKING:
     import torch
 
+    from ..stream import CopySpans
+
 NOT_IN_DOCUMENT = "The document does not say."
 
 
@@ -92,6 +94,18 @@ def copy_bias(loaded: LoadedModel, sources: list[str], strength: float) -> Optio
     return bias
 
 
+def copy_spans(loaded: LoadedModel, texts: Sequence[str]) -> "CopySpans":
+    """The constraint that keeps a continuation a span of one of the texts (each as it reads
+    after a space, as an answer after "Answer:" starts), ended by the end of text or a new line."""
+    from ..stream import CopySpans
+
+    tok = loaded.tokenizer
+    ends = {t for nl in ("\n", "\n\n") if len(ids := tok.encode(nl)) == 1 for t in ids}
+    if tok.eos_id is not None:
+        ends.add(tok.eos_id)
+    return CopySpans([tok.encode(" " + t) for t in texts], ends)
+
+
 def write(loaded: LoadedModel, messages: list[dict[str, str]], max_tokens: int,
           on_text: Optional[Callable[[str], None]] = None, sources: Optional[list[str]] = None,
           bias: float = 0.0, no_repeat_ngram: int = 0) -> str:
@@ -101,12 +115,13 @@ def write(loaded: LoadedModel, messages: list[dict[str, str]], max_tokens: int,
 
 def complete(loaded: LoadedModel, prompt_text: str, max_tokens: int, on_text: Optional[Callable[[str], None]] = None,
              sources: Optional[list[str]] = None, bias: float = 0.0, no_repeat_ngram: int = 0,
-             one_line: bool = False, avoid_first: Sequence[int] = ()) -> str:
+             one_line: bool = False, avoid_first: Sequence[int] = (), copy_from: Sequence[str] = ()) -> str:
     """Greedy continuation of `prompt_text` in a fresh stream; streamed to on_text as it is decided.
 
     sources, bias: lean towards the tokens of these texts (see copy_bias); no_repeat_ngram:
     no n-gram of the answer twice (stream.NgramBan); one_line: the continuation ends at the
-    end of its first line that holds any text; avoid_first: tokens it may not start with."""
+    end of its first line that holds any text; avoid_first: tokens it may not start with;
+    copy_from: texts the continuation must be a span of, word for word (copy_spans)."""
     from ..stream import generate
 
     tok = loaded.tokenizer
@@ -125,6 +140,7 @@ def complete(loaded: LoadedModel, prompt_text: str, max_tokens: int, on_text: Op
     line_ended = (lambda out: "\n" in tok.decode(out).strip()) if one_line else (lambda out: False)
     for t in generate(loaded.model, state, prompt, max_tokens, logit_bias=logit_bias, no_repeat_ngram=no_repeat_ngram,
                       compiled=loaded.compiled_decode, first_ban=avoid_first,
+                      copy=copy_spans(loaded, copy_from) if copy_from else None,
                       stop=lambda out: out[-1] == tok.eos_id or _repeats(out) or line_ended(out)):
         if t == tok.eos_id:
             break
