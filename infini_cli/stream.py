@@ -224,19 +224,22 @@ class CopySpans:
     """Which next tokens keep what is generated a copy of a span of one of the sources (token
     lists), or end it: a small writer asked for a phrase from its evidence then answers with
     the evidence's own words, never a paraphrase or an invented name. Follows every place in
-    the sources where the tokens so far occur; `ends` (end of text, a new line) are always
-    allowed."""
+    the sources where the tokens so far occur; `ends` (end of text, a new line) are allowed
+    once a token is copied (an answer is never empty; sources without a token: only ends)."""
 
     def __init__(self, sources: Sequence[Sequence[int]], ends: Iterable[int]) -> None:
         self.sources = [list(s) for s in sources if s]
         self.ends = set(ends)
         self.active = [(i, j) for i, s in enumerate(self.sources) for j in range(len(s))]
+        self.started = False
 
     def allowed(self) -> list[int]:
-        return sorted({self.sources[i][j] for i, j in self.active} | self.ends)
+        copied = {self.sources[i][j] for i, j in self.active}
+        return sorted(copied | self.ends if self.started or not copied else copied)
 
     def add(self, token: int) -> None:
         """The token was generated: keep the places it continues."""
+        self.started = True
         self.active = [(i, j + 1) for i, j in self.active
                        if self.sources[i][j] == token and j + 1 < len(self.sources[i])]
 
@@ -296,11 +299,13 @@ def generate(
         step = last if bias is None else last.float() + bias
         if ban is not None and (banned := ban.banned(out)):
             step = step.float().index_fill(0, torch.tensor(banned, device=device), float("-inf"))
-        if first_ban and not out:
-            step = step.float().index_fill(0, torch.tensor(list(first_ban), device=device), float("-inf"))
         if copy is not None:
             keep = torch.tensor(copy.allowed(), device=device)
             step = torch.full_like(step, float("-inf"), dtype=torch.float32).index_copy(0, keep, step.float()[keep])
+        if first_ban and not out:
+            banned = step.float().index_fill(0, torch.tensor(list(first_ban), device=device), float("-inf"))
+            # copying, the ban gives way where it would leave nothing to copy
+            step = banned if copy is None or bool(torch.isfinite(banned).any()) else step
         tok = sample_next(step, sampling, gen)
         out.append(tok)
         if ban is not None:

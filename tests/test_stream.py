@@ -157,7 +157,7 @@ def test_a_banned_first_token_is_never_the_first_and_the_rest_decodes_as_usual()
 
 def test_copy_spans_allow_only_what_continues_a_span_of_a_source_or_ends():
     spans = CopySpans([[5, 6, 7], [6, 8], []], ends=[0])
-    assert spans.allowed() == [0, 5, 6, 7, 8]  # any source token starts a span
+    assert spans.allowed() == [5, 6, 7, 8]  # any source token starts a span; an answer is never empty
     spans.add(6)
     assert spans.allowed() == [0, 7, 8]  # 6 is followed by 7 in one source and 8 in the other
     spans.add(7)
@@ -166,6 +166,7 @@ def test_copy_spans_allow_only_what_continues_a_span_of_a_source_or_ends():
     spans.add(6)
     spans.add(5)  # not a continuation (a caller that ignored allowed): nothing left but ending
     assert spans.allowed() == [0]
+    assert CopySpans([[]], ends=[0]).allowed() == [0]  # nothing to copy: only an end
 
 
 @pytest.mark.parametrize("seed", [3, 9])
@@ -184,6 +185,15 @@ def test_generate_with_copy_spans_copies_a_span_and_each_token_is_the_best_allow
         logits, _ = feed(model, StreamState.empty(cfg), prompt + got[:i], logits="last")
         assert t == max(spans.allowed(), key=lambda v: float(logits[0, -1, v]))
         spans.add(t)
+
+
+def test_copying_a_first_ban_holds_unless_it_would_leave_nothing_to_copy():
+    cfg = preset("tiny")
+    model = random_model(cfg, seed=9)
+    run = lambda ban: list(generate(model, StreamState.empty(cfg), [1, 2, 3], max_new_tokens=2,  # noqa: E731
+                                    copy=CopySpans([[10, 11]], [0]), first_ban=ban))
+    assert run([10])[0] == 11
+    assert run([10, 11])[0] in (10, 11)  # never an end first, nor a token outside the sources
 
 
 def test_sampling_is_deterministic_with_a_seed():
