@@ -66,9 +66,11 @@ HOP_PASSAGES = 3
 # no one (60 of 64 such questions then scored 28.6 against 39.9 copied); with "The document does
 # not say." a span it may copy, it did so for 4.4% of the answerable questions (F1 -1.3). Given
 # the sentence that holds the answer (--ask-oracle), 52.19 / 37.50 free and 58.81 / 45.62
-# copied. On BABILong (writer, 20 samples a cell) qa1-qa5 27% / 38% at 0 / 4K tokens before,
-# 23% / 35% as shipped (qa1 60% -> 45%: "Where is Mary?" copied from the best sentence alone,
-# not always her latest), 25% / 40% copied from the best 2; qa2 stays at 40% (the hop).
+# copied. On BABILong (`infini babilong --method writer`, 20 samples a cell) qa1-qa5 27% / 38%
+# at 0 / 4K tokens before, 29% / 46% as shipped (qa4 30 / 45 -> 50 / 65, qa5 0 / 35 -> 5 / 70;
+# qa1 60 -> 50: "Where is Mary?" copied from the best sentence alone, not always her latest;
+# qa2 stays at 40, the hop); 23% / 35% copied with empty answers allowed, 25% / 40% (empty
+# allowed) copied from the best 2.
 ASK_COPY_SPANS = True
 WRITER_COPIED = 1
 WRITER_ANSWER_TOKENS = 48
