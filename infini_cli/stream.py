@@ -225,11 +225,15 @@ class CopySpans:
     lists), or end it: a small writer asked for a phrase from its evidence then answers with
     the evidence's own words, never a paraphrase or an invented name. Follows every place in
     the sources where the tokens so far occur; `ends` (end of text, a new line) are allowed
-    once a token is copied (an answer is never empty; sources without a token: only ends)."""
+    once a token of `content` is copied (any token where content is None: an answer is never
+    empty nor, given the tokens that hold a letter or digit, punctuation alone; sources without
+    a token: only ends)."""
 
-    def __init__(self, sources: Sequence[Sequence[int]], ends: Iterable[int]) -> None:
+    def __init__(self, sources: Sequence[Sequence[int]], ends: Iterable[int],
+                 content: Optional[Iterable[int]] = None) -> None:
         self.sources = [list(s) for s in sources if s]
         self.ends = set(ends)
+        self.content = set(content) if content is not None else None
         self.active = [(i, j) for i, s in enumerate(self.sources) for j in range(len(s))]
         self.started = False
 
@@ -239,7 +243,7 @@ class CopySpans:
 
     def add(self, token: int) -> None:
         """The token was generated: keep the places it continues."""
-        self.started = True
+        self.started = self.started or self.content is None or token in self.content
         self.active = [(i, j + 1) for i, j in self.active
                        if self.sources[i][j] == token and j + 1 < len(self.sources[i])]
 

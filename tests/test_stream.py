@@ -167,6 +167,12 @@ def test_copy_spans_allow_only_what_continues_a_span_of_a_source_or_ends():
     spans.add(5)  # not a continuation (a caller that ignored allowed): nothing left but ending
     assert spans.allowed() == [0]
     assert CopySpans([[]], ends=[0]).allowed() == [0]  # nothing to copy: only an end
+    # with content tokens named, an end only once one of them is copied (never punctuation alone)
+    spans = CopySpans([[5, 6, 7]], ends=[0], content=[6])
+    spans.add(5)
+    assert spans.allowed() == [6]
+    spans.add(6)
+    assert spans.allowed() == [0, 7]
 
 
 @pytest.mark.parametrize("seed", [3, 9])

@@ -226,7 +226,12 @@ def write_answer(writer: LoadedModel, evidence: list[Passage], question: str,
             shown = RestatementFilter(question, on_text)
             answer = complete(writer, text, max_tokens, shown, avoid_first=echo_tokens(writer, question, answer), **kwargs)
         shown.finish()
-        return drop_restatement(answer, question)
+        answer = drop_restatement(answer, question)
+        if not answer:  # all of it restated the question: the best evidence itself, as without a writer
+            answer = evidence[0].text
+            if on_text is not None:
+                on_text(answer)
+        return answer
     return write(writer, writer_messages(question, texts), max_tokens, on_text, sources=texts + [question],
                  bias=COPY_BIAS if bias is None else bias, no_repeat_ngram=NO_REPEAT_NGRAM)
 

@@ -96,14 +96,19 @@ def copy_bias(loaded: LoadedModel, sources: list[str], strength: float) -> Optio
 
 def copy_spans(loaded: LoadedModel, texts: Sequence[str]) -> "CopySpans":
     """The constraint that keeps a continuation a span of one of the texts (each as it reads
-    after a space, as an answer after "Answer:" starts), ended by the end of text or a new line."""
+    after a space, as an answer after "Answer:" starts), ended by the end of text or a new line
+    once it holds a letter or a digit."""
+    import re
+
     from ..stream import CopySpans
 
     tok = loaded.tokenizer
     ends = {t for nl in ("\n", "\n\n") if len(ids := tok.encode(nl)) == 1 for t in ids}
     if tok.eos_id is not None:
         ends.add(tok.eos_id)
-    return CopySpans([tok.encode(" " + t) for t in texts], ends)
+    sources = [tok.encode(" " + t) for t in texts]
+    content = {t for src in sources for t in src if re.search(r"\w", tok.decode([t]))}
+    return CopySpans(sources, ends, content)
 
 
 def write(loaded: LoadedModel, messages: list[dict[str, str]], max_tokens: int,
