@@ -347,14 +347,15 @@ def test_a_copied_answer_is_a_phrase_of_the_evidence_word_for_word(writer_path):
     assert copied and copied in text, copied
 
 
-def test_an_answer_left_empty_is_the_best_evidence_itself(writer_path, monkeypatch):
+def test_an_answer_left_without_a_word_is_the_best_evidence_itself(writer_path, monkeypatch):
     from infini_cli.tasks import ask as ask_task
     from infini_cli.tasks.passages import Passage
 
-    monkeypatch.setattr(ask_task, "complete", lambda *a, **k: "")
     evidence = [Passage("Thomas Telford built the bridge in 1826.", 0, 0, None, 1, ["telford"]),
                 Passage("The river ran past the mill.", 1, 1, None, 2, ["river"])]
-    shown: list[str] = []
-    answer = ask_task.write_answer(load_checkpoint(writer_path), evidence, "Who built the bridge?", shown.append,
-                                   prompt="shots", copy=True)
-    assert answer == "Thomas Telford built the bridge in 1826." and "".join(shown) == answer
+    for left in ("", " .", "!\""):  # nothing, or punctuation alone
+        monkeypatch.setattr(ask_task, "complete", lambda *a, left=left, **k: left)
+        shown: list[str] = []
+        answer = ask_task.write_answer(load_checkpoint(writer_path), evidence, "Who built the bridge?", shown.append,
+                                       prompt="shots", copy=True)
+        assert answer == "Thomas Telford built the bridge in 1826." and "".join(shown) == answer

@@ -2,10 +2,13 @@
 
 The document streams through the reader once (or comes from the cache); as it does, a fixed
 pool of candidate sentences is kept for the question (see ask_scoring.AskPool). The pool is
-ranked with the whole document's statistics, and the answer is written by the writer from
+ranked with the whole document's statistics, and the answer is written by the writer after
+worked examples: a phrase copied word for word from the best evidence sentence
+(stream.CopySpans), or, where the answer may be one step on (wants_second_hop), written from
 the best evidence and its second hop (ask_scoring.second_hop, from the cached sentences), the
-best last, after worked examples or, for "Who is X?" of a name, in its chat template
-("written"; a phrase that first restates the question is cut to the answer, restatement.py);
+best last; "Who is X?" of a name is answered in its chat template ("written"; a phrase that
+first restates the question is cut to the answer, restatement.py). A name the document spells
+otherwise is read in its spelling (ask_scoring.respelled_names);
 without a writer it is the best evidence itself ("extractive"), or, for a
 checkpoint of ours trained to answer, generated from the saved document memory with the
 evidence and the question in its local window ("generated"). An open question ("Describe the
@@ -15,6 +18,7 @@ setting.", "What happens to X?") is answered long instead: a summary focused on 
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -227,7 +231,7 @@ def write_answer(writer: LoadedModel, evidence: list[Passage], question: str,
             answer = complete(writer, text, max_tokens, shown, avoid_first=echo_tokens(writer, question, answer), **kwargs)
         shown.finish()
         answer = drop_restatement(answer, question)
-        if not answer:  # all of it restated the question: the best evidence itself, as without a writer
+        if not re.search(r"\w", answer):  # nothing left but punctuation: the best evidence, as without a writer
             answer = evidence[0].text
             if on_text is not None:
                 on_text(answer)

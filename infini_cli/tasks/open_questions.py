@@ -13,10 +13,10 @@ story's parts ("relationship", "significance", "setting", "traits", "throughout"
 does X play"), what something is or does "in the story" (not who, when, which, how many or its
 name), a list of the story's things ("What are some of the ..."), or a question in two parts
 ("Who is X, and what does she do?", "..., and why?"). Written from the wording of SQuALITY
-train and dev's questions (266 of 300 read as open) and SQuAD dev's (55 of 10,570). The wording that frames an open
-question ("describe", "story", "significance") is not what the document must use to answer it:
-its subject terms are what is left (subject_question), and ask turns one away only for a name
-the document never uses (ask_scoring.unknown_names).
+train and dev's questions (266 of 300 read as open) and SQuAD dev's (55 of 10,570). The
+wording that frames an open question ("describe", "story", "significance") is not what the
+document must use to answer it: its subject terms are what is left (subject_question), and ask
+turns one away only for a name the document never uses (ask_scoring.unknown_names).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ _OPEN = re.compile(
     rf"|\bthroughout\s+(?:the\s+)?{_STORY}\b"
     # what something is or does in the story, at the end: "How is slang used in the story?"
     # (not who, when or which, how many, nor the name of: "Who is the narrator of the story?")
-    r"|^(?!who\b|whom\b|when\b|which\b|where\b|how\s+(?:many|much|old|long)\b|what\s+(?:is|was)\s+the\s+(?:name|title)\b)"
+    r"|^(?!who\b|whom\b|when\b|which\b|where\b|how\s+(?:many|much|old|long)\b"
+    r"|what\s+(?:is|was)\s+the\s+(?:name|title)\b)"
     rf"[^?]*\b(?:in|to|on|of|for)\s+(?:the|this)\s+{_STORY}\W*$"
     rf"|^where\s+(?:does|did|is|was)\s+the\s+{_STORY}\s+(?:take\s+place|set|happen)"
     # a question in two parts: "Who is Ellen, and how does she affect Thig?", "... ? Why?"
