@@ -138,14 +138,12 @@ def ranking_of(rd, ps, q):
 
 def evidence_of(rd, ps, q, ranking=None):
     """What `infini ask` gives the writer (the best evidence, and its second hop where the
-    question wants one) and whether the writer copies its answer from it (tasks.ask.writer_plan),
+    question wants one) and whether the writer copies its answer from it (tasks.ask.writer_reading),
     from `ranking`, ranking_of's, where the caller has it."""
-    from infini_cli.tasks.ask import HOP_PASSAGES, RANKED_DEPTH, wants_second_hop, writer_plan
-    from infini_cli.tasks.ask_scoring import second_hop
+    from infini_cli.tasks.ask import RANKED_DEPTH, writer_reading
 
     ranked = (ranking if ranking is not None else ranking_of(rd, ps, q))[:RANKED_DEPTH]
-    hop = second_hop(q, ranked, ps, rd.index.stats, HOP_PASSAGES) if ranked and wants_second_hop(q, ranked[0]) else []
-    return writer_plan(q, ranked, hop)
+    return writer_reading(q, ranked, lambda: ps, rd.index.stats)[:2]
 
 
 def squad_sample(reader, data_dir: Path, workdir: Path, n_articles: int, n_questions: int, offset: int):
@@ -272,9 +270,10 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
                 oracle_ev, oracle_copy = writer_plan(q, best_ev, [])
                 here[ORACLE] = write_answer(writer, oracle_ev, q, prompt=prompt, copy=oracle_copy) if best_ev else ""
             tot["n"] += 1
+            f1 = {system: best(f1_score, answer, golds) for system, answer in here.items()}
             for system, answer in here.items():
                 tot[f"{system} em"] += best(exact_match, answer, golds)
-                tot[f"{system} f1"] += best(f1_score, answer, golds)
+                tot[f"{system} f1"] += f1[system]
                 tot[f"{system} said absent when present"] += said_absent(answer)
             tot["evidence_holds"] += holds(ev, golds)
             for depth in RANKING_DEPTHS:
@@ -290,7 +289,7 @@ def bench_ask(reader, writer, data_dir: Path, workdir: Path, n_articles: int, n_
                     tot[f"{system} said absent when absent"] += said_absent(answer)
             examples.append({"article": ai, "question": q, "gold": golds[0], "copied": copy, "sentences_read": len(ev),
                              "written": here["written"], "extractive": here["extractive"],
-                             "written_f1": round(best(f1_score, here["written"], golds), 4),
+                             "written_f1": round(f1["written"], 4),
                              "other_document": there["written"]})
         log(f"ask: article {k + 1}/{len(sample)}, {tot['n']} questions, written F1 "
             f"{100 * tot['written f1'] / tot['n']:.1f} vs extractive {100 * tot['extractive f1'] / tot['n']:.1f}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from rich.console import Console
 
@@ -32,7 +32,7 @@ from ..readers import Document
 from .ask_scoring import (AskPool, AskWeights, QuestionScorer, asks_about_a_name, document_forms,
                           lacks_what_is_asked, names_someone, rank_for_question, respell, respelled_names, second_hop,
                           unknown_names, unmentioned_words)
-from .lexical import STOPWORDS, words
+from .lexical import STOPWORDS, DocumentStats, words
 from .modes import ABSENT, EXTRACTIVE, GENERATED, WRITTEN
 from .open_questions import FOCUS_POOL, OPEN_ANSWER_WORDS, answer_length, answer_open, subject_question
 from .passages import DocumentIndex, Passage
@@ -272,6 +272,17 @@ def writer_plan(question: str, ranked: list[Passage], hop: list[Passage]) -> tup
     return ranked[:WRITER_RANKED] + hop, False
 
 
+def writer_reading(question: str, ranked: list[Passage], sentences: Optional[Callable[[], Iterable[Passage]]],
+                   stats: DocumentStats) -> tuple[list[Passage], bool, list[Passage]]:
+    """writer_plan's reading and copying, and the second hop it includes: looked up in
+    `sentences` (the document's sentences once more; None where they are not cached: no hop)
+    where the question wants one (wants_second_hop)."""
+    hop: list[Passage] = []
+    if ranked and sentences is not None and wants_second_hop(question, ranked[0]):
+        hop = second_hop(question, ranked, sentences(), stats, HOP_PASSAGES)
+    return (*writer_plan(question, ranked, hop), hop)
+
+
 def generate_answer(loaded: LoadedModel, state: StreamState, evidence: list[Passage], question: str,
                     on_text: Optional[Callable[[str], None]] = None, max_tokens: int = MAX_ANSWER_TOKENS) -> str:
     """Generate from the document memory with the evidence and the question in the local window."""
@@ -333,7 +344,10 @@ def ask(
     kind = check_answer(question, answer_kind, top_k, n_words)
     # an open question's evidence goes by its subject: its framing words ("describe", "story",
     # "relationship") are not what the document must use to answer it
-    asked = subject_question(question) if kind == "open" else question
+    def scored(q: str) -> str:
+        return subject_question(q) if kind == "open" else q
+
+    asked = scored(question)
     pool = AskPool(QuestionScorer(asked, weights), size=max(256, 4 * top_k, 4 * RANKED_DEPTH))
     consumers = [lambda p, idx: pool.add(p, idx.stats)]
     summary_pool = SummaryPool()
@@ -346,7 +360,7 @@ def ask(
     respelled = respelled_names(question, read.index.stats) if read.sentences is not None else {}
     if respelled:  # a name the document spells otherwise: asked again, in its spelling, of its sentences
         question = respell(question, document_forms(respelled, read.sentences()))
-        asked = subject_question(question) if kind == "open" else question
+        asked = scored(question)
         warnings.append(f"read the question as \"{question}\": the document's spelling of {', '.join(respelled)}")
         ranked = rank_passages(asked, read.sentences(), read.index, depth, weights)
     else:
@@ -373,10 +387,8 @@ def ask(
     if writer is not None:
         mode = WRITTEN
         hop: list[Passage] = []
-        if ranked and read.sentences is not None and wants_second_hop(question, ranked[0]):
-            hop = second_hop(question, ranked, read.sentences(), read.index.stats, HOP_PASSAGES)
         if ranked:
-            read_by_writer, copy = writer_plan(question, ranked, hop)
+            read_by_writer, copy, hop = writer_reading(question, ranked, read.sentences, read.index.stats)
             answer = write_answer(writer, read_by_writer, question, on_text, copy=copy)
         else:
             answer = NOT_IN_DOCUMENT

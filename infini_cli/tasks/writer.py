@@ -9,6 +9,7 @@ writer reads the evidence (README, "Which model reads and which writes").
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from ..checkpoint import LoadedModel
@@ -98,8 +99,6 @@ def copy_spans(loaded: LoadedModel, texts: Sequence[str]) -> "CopySpans":
     """The constraint that keeps a continuation a span of one of the texts (each as it reads
     after a space, as an answer after "Answer:" starts), ended by the end of text or a new line
     once it holds a letter or a digit."""
-    import re
-
     from ..stream import CopySpans
 
     tok = loaded.tokenizer
